@@ -1,0 +1,1 @@
+//! dmae-data: not yet implemented (see the issue tracker).

@@ -1,0 +1,1 @@
+//! dmae-diffusion: not yet implemented (see the issue tracker).

@@ -1,0 +1,1 @@
+//! dmae-models: not yet implemented (see the issue tracker).

@@ -1,0 +1,21 @@
+//! `cargo xtask bench ...`: benchmarks that print a table (results recorded in docs/benchmarks.md).
+
+use clap::Subcommand;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Data pipeline throughput (dmae-data).
+    Data(crate::bench_data::DataBenchArgs),
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchCommand::Data(a) => crate::bench_data::run(a),
+    }
+}
