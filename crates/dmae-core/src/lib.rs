@@ -1,1 +1,56 @@
-pub fn placeholder() {}
+//! # dmae-core
+//!
+//! The tensor ops DiffMAE trains on, each a [candle](https://github.com/huggingface/candle) custom op
+//! with a tested backward, a rayon-parallel CPU kernel and (feature `cuda`) a CUDA kernel.
+//!
+//! candle's own fused `softmax_last_dim` and `layer_norm` have no backward: gradients silently stop
+//! there. Training code in this workspace uses the ops below instead.
+//!
+//! | op | module | what |
+//! |---|---|---|
+//! | [`layer_norm`] | `layer_norm` | layer norm with weight and bias, grads for all three |
+//! | [`softmax_last_dim`] | `softmax` | softmax over the last dimension |
+//! | [`attention`] | `attention` | scaled dot-product attention, self or cross, additive mask |
+//! | [`gelu`] | `gelu` | GELU, erf or tanh form |
+//! | [`patchify`], [`unpatchify`], [`patchify_video`], [`unpatchify_video`] | `patch` | MAE's patch layout |
+//! | [`gather_tokens`], [`scatter_tokens`] | `tokens` | per-sample token selection by index |
+//! | [`AdamW`] | `adamw` | fused AdamW step |
+//!
+//! [`reference`] holds the same functions composed from plain candle ops (the baseline of the tests
+//! and of `cargo xtask bench ops`), and [`gradcheck`] the finite-difference checker.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! let x = Var::new(&[[1.0f32, 2.0, 4.0], [0.5, 0.5, -1.0]], &Device::Cpu)?;
+//! let w = Tensor::ones(3, candle_core::DType::F32, &Device::Cpu)?;
+//! let b = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu)?;
+//! let y = dmae_core::layer_norm(&x, &w, &b, 1e-6)?;
+//! let p = dmae_core::softmax_last_dim(&y)?;
+//! let grads = p.sqr()?.sum_all()?.backward()?;
+//! assert!(grads.get(&x).is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+mod adamw;
+mod attention;
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod error;
+mod gelu;
+pub mod gradcheck;
+mod layer_norm;
+mod patch;
+pub mod reference;
+mod softmax;
+mod tokens;
+
+pub use adamw::{AdamW, AdamWConfig, Param};
+pub use attention::attention;
+pub use error::{Error, Result};
+pub use gelu::{gelu, Gelu};
+pub use layer_norm::layer_norm;
+pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
+pub use softmax::softmax_last_dim;
+pub use tokens::{gather_tokens, scatter_tokens};

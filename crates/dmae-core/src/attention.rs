@@ -1,0 +1,413 @@
+//! Scaled dot-product attention, `softmax(q k^T * scale + mask) v`, fused with its backward.
+//!
+//! Layout is token-major, `(N, L, H, D)` (batch, tokens, heads, head dim), the layout a qkv projection
+//! produces after a reshape, so q, k and v may be strided views of one projection with no copy. Self
+//! attention has `Lq == Lk`; DiffMAE's cross-attention decoders attend from the masked tokens to the
+//! encoder tokens, `Lq != Lk`.
+//!
+//! The forward keeps only the output; the backward recomputes the attention probabilities from q and
+//! k (as FlashAttention does), so no `(N, H, Lq, Lk)` tensor lives between the passes.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{self, Real};
+use crate::error::{check_float, check_same_dtype, invalid, shape_mismatch, Result};
+use crate::softmax::softmax_row;
+
+const OP: &str = "attention";
+
+/// `softmax(q k^T * scale + mask) v` per batch element and head, differentiable in q, k and v.
+///
+/// - `q`: (N, Lq, H, D), `k`: (N, Lk, H, D), `v`: (N, Lk, H, Dv), any strides with a unit last stride
+///   (others are copied once);
+/// - `mask`: optional additive mask broadcastable to (N, H, Lq, Lk) (e.g. (Lq, Lk) or (N, 1, 1, Lk)),
+///   `-inf` to forbid a pair; it is a constant and receives no gradient. A query row whose keys are
+///   all forbidden outputs zeros;
+/// - `scale`: usually `1 / sqrt(D)`.
+///
+/// Returns (N, Lq, H, Dv), contiguous, so `reshape((N, Lq, H * Dv))` is free.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let dims = AttnDims::check(q, k, v)?;
+    check_float(OP, "q", q.dtype(), q.device())?;
+    check_same_dtype(OP, "k", k.dtype(), q.dtype())?;
+    check_same_dtype(OP, "v", v.dtype(), q.dtype())?;
+    if !scale.is_finite() {
+        return Err(invalid(OP, format!("scale must be finite, got {scale}")));
+    }
+    let mask = match mask {
+        None => None,
+        Some(m) => {
+            check_same_dtype(OP, "mask", m.dtype(), q.dtype())?;
+            let full = (dims.n, dims.h, dims.lq, dims.lk);
+            let b = m.broadcast_as(full).map_err(|_| {
+                shape_mismatch(
+                    OP,
+                    "mask must broadcast to (N, H, Lq, Lk)",
+                    m.shape(),
+                    &Shape::from(full),
+                )
+            })?;
+            Some(b.detach())
+        }
+    };
+    let (q, k, v) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
+    let op = Attention {
+        dims,
+        scale,
+        mask,
+    };
+    Ok(q.apply_op3(&k, &v, op)?)
+}
+
+fn unit_last(t: &Tensor) -> candle_core::Result<Tensor> {
+    if t.stride()[3] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AttnDims {
+    pub n: usize,
+    pub h: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+impl AttnDims {
+    fn check(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Self> {
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
+            if t.rank() != 4 {
+                return Err(invalid(
+                    OP,
+                    format!("{name} must be (N, L, H, D), got shape {:?}", t.shape()),
+                ));
+            }
+        }
+        let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+        if qd[0] != kd[0] || qd[2] != kd[2] || qd[3] != kd[3] {
+            return Err(shape_mismatch(
+                OP,
+                "q (N, Lq, H, D) vs k (N, Lk, H, D)",
+                q.shape(),
+                k.shape(),
+            ));
+        }
+        if vd[0] != kd[0] || vd[1] != kd[1] || vd[2] != kd[2] {
+            return Err(shape_mismatch(
+                OP,
+                "k (N, Lk, H, D) vs v (N, Lk, H, Dv)",
+                k.shape(),
+                v.shape(),
+            ));
+        }
+        if qd.iter().chain(kd).chain(vd).any(|&x| x == 0) {
+            return Err(invalid(OP, "q, k and v must not have a zero-sized dimension"));
+        }
+        Ok(Self {
+            n: qd[0],
+            lq: qd[1],
+            h: qd[2],
+            d: qd[3],
+            lk: kd[1],
+            dv: vd[3],
+        })
+    }
+}
+
+/// A rank-4 view: element `[a, b, c, e]` lives at `offset + a*stride[0] + b*stride[1] + c*stride[2] + e*stride[3]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Strided4 {
+    pub offset: usize,
+    pub stride: [usize; 4],
+}
+
+impl Strided4 {
+    pub(crate) fn of(l: &Layout) -> Self {
+        let s = l.stride();
+        Self {
+            offset: l.start_offset(),
+            stride: [s[0], s[1], s[2], s[3]],
+        }
+    }
+
+    /// Start of the innermost row `[a, b, c, ..]`.
+    #[inline(always)]
+    fn at(&self, a: usize, b: usize, c: usize) -> usize {
+        self.offset + a * self.stride[0] + b * self.stride[1] + c * self.stride[2]
+    }
+}
+
+struct Attention {
+    dims: AttnDims,
+    scale: f64,
+    /// Broadcast to (N, H, Lq, Lk); a stride-0 view, never materialised.
+    mask: Option<Tensor>,
+}
+
+/// The CPU inputs of one call, with their views.
+struct Views<'a, T> {
+    q: (&'a [T], Strided4),
+    k: (&'a [T], Strided4),
+    v: (&'a [T], Strided4),
+    mask: Option<(&'a [T], Strided4)>,
+}
+
+impl<T: Real> Views<'_, T> {
+    /// Attention probabilities of query row `i` of batch `n`, head `h`, into `p` (length Lk).
+    #[inline]
+    fn probs(&self, dims: &AttnDims, scale: T, n: usize, h: usize, i: usize, p: &mut [T]) {
+        let (q, qv) = self.q;
+        let (k, kv) = self.k;
+        let qi = &q[qv.at(n, i, h)..][..dims.d];
+        for (j, pj) in p.iter_mut().enumerate() {
+            let kj = &k[kv.at(n, j, h)..][..dims.d];
+            *pj = cpu::dot(qi, kj) * scale;
+        }
+        if let Some((m, mv)) = self.mask {
+            let row = mv.offset + n * mv.stride[0] + h * mv.stride[1] + i * mv.stride[2];
+            for (j, pj) in p.iter_mut().enumerate() {
+                *pj = *pj + m[row + j * mv.stride[3]];
+            }
+        }
+        softmax_row(p);
+    }
+}
+
+fn forward<T: Real>(x: &Views<T>, dims: AttnDims, scale: f64) -> Vec<T> {
+    let AttnDims { h, lq, lk, dv, .. } = dims;
+    let scale = cpu::c::<T>(scale);
+    let (v, vv) = x.v;
+    let mut out = vec![T::zero(); dims.n * lq * h * dv];
+    out.par_chunks_mut(lq * h * dv)
+        .enumerate()
+        .for_each(|(n, out)| {
+            let mut p = vec![T::zero(); lk];
+            for hh in 0..h {
+                for i in 0..lq {
+                    x.probs(&dims, scale, n, hh, i, &mut p);
+                    let o = &mut out[(i * h + hh) * dv..][..dv];
+                    for (j, &pj) in p.iter().enumerate() {
+                        cpu::axpy(pj, &v[vv.at(n, j, hh)..][..dv], o);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// With `P` the probabilities, `dO` the output gradient and `dP = dO V^T`:
+/// `dV = P^T dO`, `dS = P * (dP - rowsum(P * dP))`, `dQ = dS K * scale`, `dK = dS^T Q * scale`.
+fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [Vec<T>; 3] {
+    let AttnDims { n, h, lq, lk, d, dv } = dims;
+    let sc = cpu::c::<T>(scale);
+    let ((q, qv), (k, kv), (v, vv)) = (x.q, x.k, x.v);
+    let mut dq = vec![T::zero(); n * lq * h * d];
+    let mut dk = vec![T::zero(); n * lk * h * d];
+    let mut dvv = vec![T::zero(); n * lk * h * dv];
+    dq.par_chunks_mut(lq * h * d)
+        .zip(dk.par_chunks_mut(lk * h * d))
+        .zip(dvv.par_chunks_mut(lk * h * dv))
+        .enumerate()
+        .for_each(|(b, ((dq, dk), dvb))| {
+            let mut p = vec![T::zero(); lk];
+            let mut ds = vec![T::zero(); lk];
+            for hh in 0..h {
+                for i in 0..lq {
+                    x.probs(&dims, sc, b, hh, i, &mut p);
+                    let doi = &dout[((b * lq + i) * h + hh) * dv..][..dv];
+                    let mut delta = T::zero();
+                    for j in 0..lk {
+                        let dpj = cpu::dot(doi, &v[vv.at(b, j, hh)..][..dv]);
+                        ds[j] = dpj;
+                        delta = delta + p[j] * dpj;
+                    }
+                    let qi = &q[qv.at(b, i, hh)..][..d];
+                    let dqi = &mut dq[(i * h + hh) * d..][..d];
+                    for j in 0..lk {
+                        let dsj = p[j] * (ds[j] - delta) * sc;
+                        cpu::axpy(dsj, &k[kv.at(b, j, hh)..][..d], dqi);
+                        cpu::axpy(dsj, qi, &mut dk[(j * h + hh) * d..][..d]);
+                        cpu::axpy(p[j], doi, &mut dvb[(j * h + hh) * dv..][..dv]);
+                    }
+                }
+            }
+        });
+    [dq, dk, dvv]
+}
+
+impl Attention {
+    fn mask_cpu<R>(
+        &self,
+        f: impl FnOnce(Option<(&CpuStorage, Strided4)>) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        match &self.mask {
+            None => f(None),
+            Some(m) => {
+                let (ms, ml) = m.storage_and_layout();
+                match &*ms {
+                    Storage::Cpu(ms) => f(Some((ms, Strided4::of(ml)))),
+                    _ => candle_core::bail!("{OP}: the mask is not on the same device as q"),
+                }
+            }
+        }
+    }
+}
+
+fn views<'a, T: Real>(
+    q: (&'a CpuStorage, &Layout),
+    k: (&'a CpuStorage, &Layout),
+    v: (&'a CpuStorage, &Layout),
+    mask: Option<(&'a CpuStorage, Strided4)>,
+) -> candle_core::Result<Views<'a, T>> {
+    Ok(Views {
+        q: (T::cpu_storage_as_slice(q.0)?, Strided4::of(q.1)),
+        k: (T::cpu_storage_as_slice(k.0)?, Strided4::of(k.1)),
+        v: (T::cpu_storage_as_slice(v.0)?, Strided4::of(v.1)),
+        mask: match mask {
+            None => None,
+            Some((s, l)) => Some((T::cpu_storage_as_slice(s)?, l)),
+        },
+    })
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Real>(
+            op: &Attention,
+            q: (&CpuStorage, &Layout),
+            k: (&CpuStorage, &Layout),
+            v: (&CpuStorage, &Layout),
+        ) -> candle_core::Result<CpuStorage> {
+            op.mask_cpu(|m| {
+                let x = views::<T>(q, k, v, m)?;
+                Ok(T::to_cpu_storage_owned(forward(&x, op.dims, op.scale)))
+            })
+        }
+        let out = cpu::dispatch_float!(OP, qs, run(self, (qs, ql), (ks, kl), (vs, vl)))?;
+        let AttnDims { n, h, lq, dv, .. } = self.dims;
+        Ok((out, Shape::from((n, lq, h, dv))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        qs: &candle_core::CudaStorage,
+        ql: &Layout,
+        ks: &candle_core::CudaStorage,
+        kl: &Layout,
+        vs: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let guard = self.mask.as_ref().map(|m| m.storage_and_layout());
+        let mask = match &guard {
+            None => None,
+            Some((ms, ml)) => match &**ms {
+                Storage::Cuda(ms) => Some((ms, Strided4::of(ml))),
+                _ => candle_core::bail!("{OP}: the mask is not on the same device as q"),
+            },
+        };
+        let out = crate::cuda::attention_fwd(
+            (qs, Strided4::of(ql)),
+            (ks, Strided4::of(kl)),
+            (vs, Strided4::of(vl)),
+            mask,
+            &self.dims,
+            self.scale as f32,
+        )?;
+        let AttnDims { n, h, lq, dv, .. } = self.dims;
+        Ok((out, Shape::from((n, lq, h, dv))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        dout: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dout = dout.contiguous()?;
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = dout.storage_and_layout();
+        let [dq, dk, dvv] = match (&*qs, &*ks, &*vs, &*gs) {
+            (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs), Storage::Cpu(gs)) => {
+                fn run<T: Real>(
+                    op: &Attention,
+                    q: (&CpuStorage, &Layout),
+                    k: (&CpuStorage, &Layout),
+                    v: (&CpuStorage, &Layout),
+                    g: (&CpuStorage, &Layout),
+                ) -> candle_core::Result<[Tensor; 3]> {
+                    let AttnDims {
+                        n, h, lq, lk, d, dv, ..
+                    } = op.dims;
+                    op.mask_cpu(|m| {
+                        let x = views::<T>(q, k, v, m)?;
+                        let dout = cpu::slice::<T>(g.0, g.1, OP)?;
+                        let [dq, dk, dvv] = backward(&x, dout, op.dims, op.scale);
+                        Ok([
+                            cpu::tensor(dq, (n, lq, h, d)),
+                            cpu::tensor(dk, (n, lk, h, d)),
+                            cpu::tensor(dvv, (n, lk, h, dv)),
+                        ])
+                    })
+                }
+                cpu::dispatch_float!(OP, qs, run(self, (qs, ql), (ks, kl), (vs, vl), (gs, gl)))?
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(qs), Storage::Cuda(ks), Storage::Cuda(vs), Storage::Cuda(gs)) => {
+                let guard = self.mask.as_ref().map(|m| m.storage_and_layout());
+                let mask = match &guard {
+                    None => None,
+                    Some((ms, ml)) => match &**ms {
+                        Storage::Cuda(ms) => Some((ms, Strided4::of(ml))),
+                        _ => candle_core::bail!("{OP}: the mask is not on the same device as q"),
+                    },
+                };
+                let AttnDims { n, h, lq, lk, d, dv } = self.dims;
+                let [dq, dk, dvv] = crate::cuda::attention_bwd(
+                    (qs, Strided4::of(ql)),
+                    (ks, Strided4::of(kl)),
+                    (vs, Strided4::of(vl)),
+                    mask,
+                    (gs, gl.start_offset()),
+                    &self.dims,
+                    self.scale as f32,
+                )?;
+                [
+                    crate::cuda::tensor(dq, (n, lq, h, d)),
+                    crate::cuda::tensor(dk, (n, lk, h, d)),
+                    crate::cuda::tensor(dvv, (n, lk, h, dv)),
+                ]
+            }
+            _ => candle_core::bail!("{OP}: backward on an unsupported device mix"),
+        };
+        Ok((Some(dq), Some(dk), Some(dvv)))
+    }
+}

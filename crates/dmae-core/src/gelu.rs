@@ -1,0 +1,128 @@
+//! GELU, in the exact (erf) form used by ViT/MAE and the tanh approximation, with backward.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{self, Real};
+use crate::error::{check_float, Result};
+
+const OP: &str = "gelu";
+const CHUNK: usize = 16 * 1024;
+
+/// Which GELU formula.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Gelu {
+    /// `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))`: PyTorch's default, used by timm's ViT and MAE.
+    #[default]
+    Erf,
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` (Hendrycks & Gimpel's approximation).
+    Tanh,
+}
+
+/// Element-wise GELU of `x`, differentiable.
+pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Tensor> {
+    check_float(OP, "x", x.dtype(), x.device())?;
+    Ok(x.contiguous()?.apply_op1(GeluOp(kind))?)
+}
+
+struct GeluOp(Gelu);
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const INV_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+const TANH_C: f64 = 0.044_715;
+
+#[inline]
+fn value<T: Real>(kind: Gelu, x: T) -> T {
+    let half = cpu::c::<T>(0.5);
+    match kind {
+        Gelu::Erf => half * x * (T::one() + (x * cpu::c(INV_SQRT_2)).erf()),
+        Gelu::Tanh => {
+            let u = cpu::c::<T>(SQRT_2_OVER_PI) * (x + cpu::c::<T>(TANH_C) * x * x * x);
+            half * x * (T::one() + u.tanh())
+        }
+    }
+}
+
+/// d gelu / dx.
+#[inline]
+fn derivative<T: Real>(kind: Gelu, x: T) -> T {
+    let half = cpu::c::<T>(0.5);
+    match kind {
+        // Phi(x) + x * phi(x)
+        Gelu::Erf => {
+            half * (T::one() + (x * cpu::c(INV_SQRT_2)).erf())
+                + x * cpu::c::<T>(INV_SQRT_2PI) * (-half * x * x).exp()
+        }
+        Gelu::Tanh => {
+            let k = cpu::c::<T>(SQRT_2_OVER_PI);
+            let tc = cpu::c::<T>(TANH_C);
+            let t = (k * (x + tc * x * x * x)).tanh();
+            half * (T::one() + t)
+                + half * x * (T::one() - t * t) * k * (T::one() + cpu::c::<T>(3.0) * tc * x * x)
+        }
+    }
+}
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Real>(kind: Gelu, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+            let mut y = cpu::slice::<T>(s, l, OP)?.to_vec();
+            y.par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = value(kind, *v)));
+            Ok(T::to_cpu_storage_owned(y))
+        }
+        Ok((cpu::dispatch_float!(OP, s, run(self.0, s, l))?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let y = crate::cuda::gelu_fwd(s, l.start_offset(), l.shape().elem_count(), self.0)?;
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (gs, gl) = dy.storage_and_layout();
+        let dx = match (&*xs, &*gs) {
+            (Storage::Cpu(xs), Storage::Cpu(gs)) => {
+                fn run<T: Real>(
+                    kind: Gelu,
+                    xs: &CpuStorage,
+                    xl: &Layout,
+                    gs: &CpuStorage,
+                    gl: &Layout,
+                ) -> candle_core::Result<Tensor> {
+                    let x = cpu::slice::<T>(xs, xl, OP)?;
+                    let mut dx = cpu::slice::<T>(gs, gl, OP)?.to_vec();
+                    dx.par_chunks_mut(CHUNK)
+                        .zip(x.par_chunks(CHUNK))
+                        .for_each(|(dx, x)| {
+                            for (g, &x) in dx.iter_mut().zip(x) {
+                                *g = *g * derivative(kind, x);
+                            }
+                        });
+                    Ok(cpu::tensor(dx, xl.shape()))
+                }
+                cpu::dispatch_float!(OP, xs, run(self.0, xs, xl, gs, gl))?
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(xs), Storage::Cuda(gs)) => {
+                let n = xl.shape().elem_count();
+                let dx = crate::cuda::gelu_bwd(xs, xl.start_offset(), gs, gl.start_offset(), n, self.0)?;
+                crate::cuda::tensor(dx, xl.shape())
+            }
+            _ => candle_core::bail!("{OP}: backward on an unsupported device mix"),
+        };
+        Ok(Some(dx))
+    }
+}

@@ -1,0 +1,248 @@
+//! Layer normalisation over the last dimension, with weight and bias, and its backward.
+//!
+//! `y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias` per row (biased variance, as PyTorch and
+//! MAE's `nn.LayerNorm`). The backward recomputes the row statistics from `x` instead of saving them:
+//! one extra pass over a row that is already in cache, and no side outputs to keep alive.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{self, Real};
+use crate::error::{check_float, check_same_dtype, invalid, shape_mismatch, Result};
+
+const OP: &str = "layer_norm";
+
+/// Layer norm of `x` (..., D) over its last dimension with `weight` (D,) and `bias` (D,).
+///
+/// Differentiable in all three inputs. `eps` must be positive (MAE uses 1e-6, Hugging Face ViTMAE 1e-12).
+/// Any layout of `x` is accepted; a non-contiguous one is copied once.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = match x.dims().last() {
+        Some(&d) if d > 0 => d,
+        _ => {
+            return Err(invalid(
+                OP,
+                format!("x must have a non-empty last dimension, got {:?}", x.shape()),
+            ))
+        }
+    };
+    for (name, t) in [("weight", weight), ("bias", bias)] {
+        if t.dims() != [d] {
+            return Err(shape_mismatch(
+                OP,
+                format!("x (..., D) vs {name} (D,)"),
+                x.shape(),
+                t.shape(),
+            ));
+        }
+        check_same_dtype(OP, name, t.dtype(), x.dtype())?;
+    }
+    check_float(OP, "x", x.dtype(), x.device())?;
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(invalid(OP, format!("eps must be positive and finite, got {eps}")));
+    }
+    let x = x.contiguous()?;
+    let (w, b) = (weight.contiguous()?, bias.contiguous()?);
+    Ok(x.apply_op3(&w, &b, LayerNorm { eps })?)
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+fn forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let mut y = vec![T::zero(); x.len()];
+    let block = cpu::rows_per_task(d) * d;
+    y.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (mean, rstd) = stats(x, eps);
+                for i in 0..d {
+                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                }
+            }
+        });
+    y
+}
+
+/// Row mean and 1/sqrt(var + eps), two-pass for accuracy.
+#[inline]
+fn stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
+    let n = cpu::c::<T>(x.len() as f64);
+    let mean = x.iter().copied().sum::<T>() / n;
+    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+    (mean, (var + cpu::c(eps)).sqrt().recip())
+}
+
+/// Gradients of layer norm. With `xh = (x - mean) * rstd` and `g = dy * w`:
+/// `dx = rstd * (g - mean(g) - xh * mean(g * xh))`, `dw = sum_rows dy * xh`, `db = sum_rows dy`.
+/// The column sums are reduced per fixed-size block of rows and then in block order, so the result
+/// does not depend on the number of threads.
+fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let d = w.len();
+    let mut dx = vec![T::zero(); x.len()];
+    let block = cpu::rows_per_task(d) * d;
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(dy.par_chunks(block))
+        .map(|((dx, x), dy)| {
+            let mut dw = vec![T::zero(); d];
+            let mut db = vec![T::zero(); d];
+            let mut xh = vec![T::zero(); d];
+            let n = cpu::c::<T>(d as f64);
+            for ((dx, x), dy) in dx
+                .chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .zip(dy.chunks_exact(d))
+            {
+                let (mean, rstd) = stats(x, eps);
+                let (mut sum_g, mut sum_gxh) = (T::zero(), T::zero());
+                for i in 0..d {
+                    xh[i] = (x[i] - mean) * rstd;
+                    let g = dy[i] * w[i];
+                    sum_g = sum_g + g;
+                    sum_gxh = sum_gxh + g * xh[i];
+                    dw[i] = dw[i] + dy[i] * xh[i];
+                    db[i] = db[i] + dy[i];
+                }
+                let (mg, mgxh) = (sum_g / n, sum_gxh / n);
+                for i in 0..d {
+                    dx[i] = rstd * (dy[i] * w[i] - mg - xh[i] * mgxh);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dw = vec![T::zero(); d];
+    let mut db = vec![T::zero(); d];
+    for (pw, pb) in partials {
+        cpu::axpy(T::one(), &pw, &mut dw);
+        cpu::axpy(T::one(), &pb, &mut db);
+    }
+    (dx, dw, db)
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Real>(
+            eps: f64,
+            xs: &CpuStorage,
+            xl: &Layout,
+            ws: &CpuStorage,
+            wl: &Layout,
+            bs: &CpuStorage,
+            bl: &Layout,
+        ) -> candle_core::Result<CpuStorage> {
+            let y = forward::<T>(
+                cpu::slice(xs, xl, OP)?,
+                cpu::slice(ws, wl, OP)?,
+                cpu::slice(bs, bl, OP)?,
+                eps,
+            );
+            Ok(T::to_cpu_storage_owned(y))
+        }
+        let out = cpu::dispatch_float!(OP, xs, run(self.eps, xs, xl, ws, wl, bs, bl))?;
+        Ok((out, xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let d = wl.shape().elem_count();
+        let rows = xl.shape().elem_count() / d;
+        let y = crate::cuda::layer_norm_fwd(
+            xs,
+            xl.start_offset(),
+            ws,
+            wl.start_offset(),
+            bs,
+            bl.start_offset(),
+            rows,
+            d,
+            self.eps as f32,
+        )?;
+        Ok((y, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = dy.storage_and_layout();
+        let (dx, dw, db) = match (&*xs, &*ws, &*gs) {
+            (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) => {
+                fn run<T: Real>(
+                    eps: f64,
+                    xs: &CpuStorage,
+                    xl: &Layout,
+                    ws: &CpuStorage,
+                    wl: &Layout,
+                    gs: &CpuStorage,
+                    gl: &Layout,
+                ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+                    let (dx, dw, db) = backward::<T>(
+                        cpu::slice(xs, xl, OP)?,
+                        cpu::slice(ws, wl, OP)?,
+                        cpu::slice(gs, gl, OP)?,
+                        eps,
+                    );
+                    let d = dw.len();
+                    Ok((cpu::tensor(dx, xl.shape()), cpu::tensor(dw, d), cpu::tensor(db, d)))
+                }
+                cpu::dispatch_float!(OP, xs, run(self.eps, xs, xl, ws, wl, gs, gl))?
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(xs), Storage::Cuda(ws), Storage::Cuda(gs)) => {
+                let d = wl.shape().elem_count();
+                let rows = xl.shape().elem_count() / d;
+                let [dx, dw, db] = crate::cuda::layer_norm_bwd(
+                    xs,
+                    xl.start_offset(),
+                    ws,
+                    wl.start_offset(),
+                    gs,
+                    gl.start_offset(),
+                    rows,
+                    d,
+                    self.eps as f32,
+                )?;
+                (
+                    crate::cuda::tensor(dx, xl.shape()),
+                    crate::cuda::tensor(dw, d),
+                    crate::cuda::tensor(db, d),
+                )
+            }
+            _ => candle_core::bail!("{OP}: backward on an unsupported device mix"),
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
