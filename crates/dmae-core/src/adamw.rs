@@ -355,3 +355,79 @@ impl InplaceOp2 for Kernel<'_> {
         crate::cuda::adamw_step(ps, pl.start_offset(), gs, gl.start_offset(), mo, n, &self.hyper)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    fn f32(t: Tensor) -> Tensor {
+        t.to_dtype(DType::F32).unwrap()
+    }
+
+    #[test]
+    fn matches_the_reference_update_over_steps() {
+        let p0 = f32(randn(&[37, 5], 1));
+        let var = Var::from_tensor(&p0).unwrap();
+        let bias = Var::from_tensor(&f32(randn(&[5], 2))).unwrap();
+        let cfg = AdamWConfig { lr: 1e-2, ..Default::default() };
+        let mut opt = AdamW::new(
+            vec![Param { var: var.clone(), weight_decay: 0.1, lr_scale: 0.5 }, Param::new(bias.clone(), 0.0)],
+            cfg,
+        )
+        .unwrap();
+        let (mut p, mut m, mut v) = (p0.clone(), p0.zeros_like().unwrap(), p0.zeros_like().unwrap());
+        for t in 1..=4 {
+            let x = f32(randn(&[3, 37], 10 + t as u64));
+            let loss = x.matmul(var.as_tensor()).unwrap().broadcast_add(bias.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let g = grads.get(var.as_tensor()).unwrap().clone();
+            (p, m, v) = crate::reference::adamw_step(&p, &g, &m, &v, 1e-2 * 0.5, (0.9, 0.95), 1e-8, 0.1, t).unwrap();
+            opt.step(&grads).unwrap();
+            let d = max_abs_diff(var.as_tensor(), &p);
+            assert!(d < 1e-6, "step {t}: {d:e}");
+        }
+        assert_eq!(opt.step_count(), 4);
+        let (mm, vv) = &opt.moments().unwrap()[0];
+        for (ours, want) in [(mm, &m), (vv, &v)] {
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            let d = max_abs_diff(&ours.reshape((37, 5)).unwrap(), want);
+            assert!(d <= 1e-6 * scale, "moments differ by {d:e} (scale {scale:e})");
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_params_without_grad_are_untouched() {
+        let a = Var::from_tensor(&f32(randn(&[4], 1))).unwrap();
+        let b = Var::from_tensor(&f32(randn(&[3], 2))).unwrap();
+        let b0 = b.as_tensor().copy().unwrap();
+        let mut opt = AdamW::from_vars(vec![a.clone(), b.clone()], AdamWConfig::default()).unwrap();
+        let grads = a.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        opt.step(&grads).unwrap();
+        assert_eq!(max_abs_diff(b.as_tensor(), &b0), 0.0);
+        let saved = opt.moments().unwrap();
+        let mut other = AdamW::from_vars(vec![a.clone(), b.clone()], AdamWConfig::default()).unwrap();
+        other.load_state(opt.step_count(), &saved).unwrap();
+        let (a1, a2) = (a.as_tensor().copy().unwrap(), a.as_tensor().copy().unwrap());
+        let (va, vb) = (Var::from_tensor(&a1).unwrap(), Var::from_tensor(&a2).unwrap());
+        let mut o1 = AdamW::from_vars(vec![va.clone(), b.clone()], AdamWConfig::default()).unwrap();
+        o1.load_state(1, &saved).unwrap();
+        let mut o2 = AdamW::from_vars(vec![vb.clone(), b.clone()], AdamWConfig::default()).unwrap();
+        o2.load_state(1, &opt.moments().unwrap()).unwrap();
+        let g1 = va.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = vb.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        o1.step(&g1).unwrap();
+        o2.step(&g2).unwrap();
+        assert_eq!(max_abs_diff(va.as_tensor(), vb.as_tensor()), 0.0);
+        assert!(other.load_state(1, &saved[..1]).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_config_and_dtypes() {
+        let a = Var::from_tensor(&f32(randn(&[4], 1))).unwrap();
+        let bad = AdamWConfig { beta2: 1.0, ..Default::default() };
+        assert!(matches!(AdamW::from_vars(vec![a.clone()], bad), Err(Error::InvalidArgument { .. })));
+        let d = Var::from_tensor(&randn(&[4], 1)).unwrap();
+        assert!(matches!(AdamW::from_vars(vec![d], AdamWConfig::default()), Err(Error::DType { .. })));
+    }
+}

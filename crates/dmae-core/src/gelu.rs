@@ -126,3 +126,42 @@ impl CustomOp1 for GeluOp {
         Ok(Some(dx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for kind in [Gelu::Erf, Gelu::Tanh] {
+            let f = move |t: &[Tensor]| gelu(&t[0], kind).map_err(Into::into);
+            assert_grads(f, &[randn(&[3, 17], 1)]);
+            let g = move |t: &[Tensor]| gelu(&t[0].t()?, kind).map_err(Into::into);
+            assert_grads(g, &[randn(&[5, 3], 2)]);
+        }
+    }
+
+    #[test]
+    fn matches_candle_gelu() {
+        for kind in [Gelu::Erf, Gelu::Tanh] {
+            assert_matches_reference(
+                move |t| gelu(&t[0], kind).map_err(Into::into),
+                move |t| crate::reference::gelu(&t[0], kind),
+                &[randn(&[64, 13, 768], 3)],
+                2e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn known_values() {
+        let x = Tensor::new(&[-3.0f64, -1.0, 0.0, 1.0, 3.0], &candle_core::Device::Cpu).unwrap();
+        let y = gelu(&x, Gelu::Erf).unwrap().to_vec1::<f64>().unwrap();
+        // x * Phi(x), Phi from tables.
+        let want = [-0.004_049_694, -0.158_655_254, 0.0, 0.841_344_746, 2.995_950_306];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-8, "{a} vs {b}");
+        }
+    }
+}

@@ -155,3 +155,28 @@ where
     }
     Ok(Report(reports))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::randn;
+
+    #[test]
+    fn catches_a_wrong_gradient() {
+        // d/dx (x * detach(x)) is x according to autograd, 2x in truth: the checker must object.
+        let wrong = |t: &[Tensor]| t[0].mul(&t[0].detach());
+        let report = check(wrong, &[randn(&[4, 3], 1)], Options::default()).unwrap();
+        assert!(report.ensure(1e-7, 1e-6).is_err());
+        let right = |t: &[Tensor]| t[0].sqr();
+        let report = check(right, &[randn(&[4, 3], 1)], Options::default()).unwrap();
+        report.ensure(1e-7, 1e-6).unwrap();
+    }
+
+    #[test]
+    fn reports_inputs_the_gradient_never_reaches() {
+        let cut = |t: &[Tensor]| t[0].detach().exp();
+        let report = check(cut, &[randn(&[3], 2)], Options::default()).unwrap();
+        let err = report.ensure(1.0, 1.0).unwrap_err();
+        assert!(err.contains("no gradient"), "{err}");
+    }
+}

@@ -246,3 +246,63 @@ impl CustomOp3 for LayerNorm {
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use crate::Error;
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let f = |t: &[Tensor]| layer_norm(&t[0], &t[1], &t[2], 1e-5).map_err(Into::into);
+        assert_grads(f, &[randn(&[3, 5, 7], 1), randn(&[7], 2), randn(&[7], 3)]);
+        // A single odd row.
+        assert_grads(f, &[randn(&[1, 13], 4), randn(&[13], 5), randn(&[13], 6)]);
+    }
+
+    #[test]
+    fn non_contiguous_and_broadcast_inputs() {
+        // x arrives transposed (strided), weight arrives as a broadcast view of a scalar.
+        let f = |t: &[Tensor]| {
+            let x = t[0].t()?;
+            let w = t[1].broadcast_as(6)?;
+            layer_norm(&x, &w, &t[2], 1e-5).map_err(Into::into)
+        };
+        assert_grads(f, &[randn(&[6, 9], 7), randn(&[], 8).reshape(()).unwrap(), randn(&[6], 9)]);
+        // x is a broadcast of one row over 4 rows: its gradient sums the rows.
+        let g = |t: &[Tensor]| layer_norm(&t[0].broadcast_as((4, 5))?, &t[1], &t[2], 1e-5).map_err(Into::into);
+        assert_grads(g, &[randn(&[1, 5], 10), randn(&[5], 11), randn(&[5], 12)]);
+    }
+
+    #[test]
+    fn matches_candle_composition() {
+        assert_matches_reference(
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-6).map_err(Into::into),
+            |t| crate::reference::layer_norm(&t[0], &t[1], &t[2], 1e-6),
+            &[randn(&[4, 13, 192], 20), randn(&[192], 21), randn(&[192], 22)],
+            2e-4,
+        );
+    }
+
+    #[test]
+    fn shape_and_dtype_errors_are_typed() {
+        let x = randn(&[2, 3, 4], 1).to_dtype(candle_core::DType::F32).unwrap();
+        let w = randn(&[5], 1).to_dtype(candle_core::DType::F32).unwrap();
+        let b = randn(&[4], 1).to_dtype(candle_core::DType::F32).unwrap();
+        match layer_norm(&x, &w, &b, 1e-6) {
+            Err(Error::ShapeMismatch { op, lhs, rhs, .. }) => {
+                assert_eq!(op, "layer_norm");
+                assert_eq!(lhs.dims(), &[2, 3, 4]);
+                assert_eq!(rhs.dims(), &[5]);
+            }
+            other => panic!("expected a shape error, got {other:?}"),
+        }
+        let w64 = randn(&[4], 1);
+        assert!(matches!(layer_norm(&x, &w64, &b, 1e-6), Err(Error::DType { op: "layer_norm", .. })));
+        let w = w.narrow(0, 0, 4).unwrap();
+        assert!(matches!(layer_norm(&x, &w, &b, 0.0), Err(Error::InvalidArgument { .. })));
+        let msg = layer_norm(&x, &b.narrow(0, 0, 3).unwrap(), &b, 1e-6).unwrap_err().to_string();
+        assert!(msg.contains("layer_norm") && msg.contains("[2, 3, 4]") && msg.contains("[3]"), "{msg}");
+    }
+}

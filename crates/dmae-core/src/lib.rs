@@ -45,6 +45,8 @@ mod patch;
 pub mod reference;
 mod softmax;
 mod tokens;
+#[cfg(test)]
+mod testutil;
 
 pub use adamw::{AdamW, AdamWConfig, Param};
 pub use attention::attention;

@@ -207,3 +207,53 @@ impl CustomOp1 for Patch {
         Ok(Some(g.reshape(arg.shape())?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn image_layout_is_mae_and_round_trips() {
+        let x = randn(&[2, 3, 8, 12], 1);
+        let p = patchify(&x, 4).unwrap();
+        assert_eq!(p.dims(), &[2, 6, 48]);
+        assert_eq!(max_abs_diff(&p, &crate::reference::patchify(&x, 4).unwrap()), 0.0);
+        // Patch 4 (row 1, col 1), pixel (1, 2) of the patch, channel 2: x[n, 2, 4 + 1, 4 + 2].
+        let want = x.get(1).unwrap().get(2).unwrap().get(5).unwrap().get(6).unwrap().to_scalar::<f64>().unwrap();
+        let got = p.get(1).unwrap().get(4).unwrap().get((4 + 2) * 3 + 2).unwrap().to_scalar::<f64>().unwrap();
+        assert_eq!(want, got);
+        let back = unpatchify(&p, 4, (3, 8, 12)).unwrap();
+        assert_eq!(max_abs_diff(&x, &back), 0.0);
+    }
+
+    #[test]
+    fn video_layout_matches_composition_and_round_trips() {
+        let x = randn(&[2, 2, 4, 6, 6], 2);
+        let p = patchify_video(&x, 2, 3).unwrap();
+        assert_eq!(p.dims(), &[2, 8, 36]);
+        assert_eq!(max_abs_diff(&p, &crate::reference::patchify_video(&x, 2, 3).unwrap()), 0.0);
+        let back = unpatchify_video(&p, 2, 3, (2, 4, 6, 6)).unwrap();
+        assert_eq!(max_abs_diff(&x, &back), 0.0);
+    }
+
+    #[test]
+    fn gradients() {
+        let f = |t: &[Tensor]| patchify(&t[0].transpose(2, 3)?, 2).map_err(Into::into);
+        assert_grads(f, &[randn(&[2, 3, 4, 6], 3)]);
+        let g = |t: &[Tensor]| unpatchify(&t[0], 2, (1, 4, 2)).map_err(Into::into);
+        assert_grads(g, &[randn(&[3, 2, 4], 4)]);
+        let v = |t: &[Tensor]| patchify_video(&t[0], 2, 2).map_err(Into::into);
+        assert_grads(v, &[randn(&[1, 2, 4, 2, 4], 5)]);
+    }
+
+    #[test]
+    fn rejects_indivisible_sizes() {
+        let x = randn(&[1, 1, 7, 8], 1);
+        let e = patchify(&x, 4).unwrap_err().to_string();
+        assert!(e.contains("not divisible"), "{e}");
+        let p = randn(&[1, 4, 16], 1);
+        assert!(matches!(unpatchify(&p, 4, (1, 8, 12)), Err(crate::Error::ShapeMismatch { .. })));
+        assert!(patchify(&randn(&[3, 4], 1), 2).is_err());
+    }
+}

@@ -124,3 +124,49 @@ impl CustomOp1 for Softmax {
         Ok(Some(dx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let f = |t: &[Tensor]| softmax_last_dim(&t[0]).map_err(Into::into);
+        assert_grads(f, &[randn(&[2, 3, 7], 1)]);
+        let g = |t: &[Tensor]| softmax_last_dim(&t[0].t()?).map_err(Into::into);
+        assert_grads(g, &[randn(&[11, 3], 2)]);
+        let h = |t: &[Tensor]| softmax_last_dim(&t[0].broadcast_as((2, 4, 5))?).map_err(Into::into);
+        assert_grads(h, &[randn(&[4, 1], 3).broadcast_as((4, 5)).unwrap().contiguous().unwrap()]);
+        let h = |t: &[Tensor]| softmax_last_dim(&t[0].broadcast_as((3, 5))?).map_err(Into::into);
+        assert_grads(h, &[randn(&[5], 4)]);
+    }
+
+    #[test]
+    fn matches_candle_composition() {
+        assert_matches_reference(
+            |t| softmax_last_dim(&t[0]).map_err(Into::into),
+            |t| crate::reference::softmax_last_dim(&t[0]),
+            &[randn(&[8, 3, 37, 37], 5)],
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn fully_masked_row_is_zero_and_rows_sum_to_one() {
+        let x = Tensor::new(&[[f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 1000.0]], &candle_core::Device::Cpu).unwrap();
+        let y = softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y[0], [0.0, 0.0]);
+        assert_eq!(y[1], [0.0, 1.0]);
+        let z = softmax_last_dim(&randn(&[5, 9], 6)).unwrap().sum(1).unwrap().to_vec1::<f64>().unwrap();
+        assert!(z.iter().all(|s| (s - 1.0).abs() < 1e-12));
+    }
+
+    #[test]
+    fn rejects_integer_and_scalar_inputs() {
+        let x = Tensor::new(&[1u32, 2], &candle_core::Device::Cpu).unwrap();
+        assert!(matches!(softmax_last_dim(&x), Err(crate::Error::DType { .. })));
+        let s = Tensor::new(1f32, &candle_core::Device::Cpu).unwrap();
+        assert!(matches!(softmax_last_dim(&s), Err(crate::Error::InvalidArgument { .. })));
+    }
+}

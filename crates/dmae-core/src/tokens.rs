@@ -309,3 +309,64 @@ impl CustomOp3 for Scatter {
         Ok((Some(dbase), Some(dsrc), None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use candle_core::Device;
+
+    fn idx(v: &[u32], n: usize) -> Tensor {
+        Tensor::from_slice(v, (n, v.len() / n), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn gather_gradients_including_repeated_indices() {
+        let i = idx(&[4, 0, 2, 1, 1, 3], 2);
+        let f = |t: &[Tensor]| gather_tokens(&t[0], &t[1]).map_err(Into::into);
+        assert_grads(f, &[randn(&[2, 5, 3], 1), i]);
+        // Strided input: (N, D, L) transposed.
+        let i = idx(&[2, 0, 1, 1], 2);
+        let g = |t: &[Tensor]| gather_tokens(&t[0].transpose(1, 2)?, &t[1]).map_err(Into::into);
+        assert_grads(g, &[randn(&[2, 3, 4], 2), i]);
+    }
+
+    #[test]
+    fn scatter_gradients() {
+        let i = idx(&[3, 0, 1, 4], 2);
+        let f = |t: &[Tensor]| scatter_tokens(&t[0], &t[1], &t[2]).map_err(Into::into);
+        assert_grads(f, &[randn(&[2, 5, 3], 3), randn(&[2, 2, 3], 4), i]);
+    }
+
+    #[test]
+    fn gather_matches_candle_and_scatter_inverts_it() {
+        let i = idx(&[6, 1, 3, 0, 5, 2, 2, 4], 2);
+        assert_matches_reference(
+            |t| gather_tokens(&t[0], &t[1]).map_err(Into::into),
+            |t| crate::reference::gather_tokens(&t[0], &t[1]),
+            &[randn(&[2, 7, 16], 5), i],
+            1e-6,
+        );
+        // Splitting a sequence by a permutation and scattering both parts back restores it.
+        let x = randn(&[1, 6, 4], 6);
+        let (keep, drop) = (idx(&[5, 1, 3], 1), idx(&[0, 2, 4], 1));
+        let zeros = x.zeros_like().unwrap();
+        let y = scatter_tokens(&zeros, &gather_tokens(&x, &keep).unwrap(), &keep).unwrap();
+        let y = scatter_tokens(&y, &gather_tokens(&x, &drop).unwrap(), &drop).unwrap();
+        assert_eq!(max_abs_diff(&x, &y), 0.0);
+    }
+
+    #[test]
+    fn bad_indices_are_errors_not_panics() {
+        let x = randn(&[2, 4, 3], 1);
+        let e = gather_tokens(&x, &idx(&[0, 4], 2)).unwrap_err().to_string();
+        assert!(e.contains("idx[1, 0] = 4") && e.contains("L = 4"), "{e}");
+        let e = scatter_tokens(&x, &randn(&[2, 2, 3], 2), &idx(&[0, 0, 1, 2], 2)).unwrap_err().to_string();
+        assert!(e.contains("repeats token 0"), "{e}");
+        let i64s = Tensor::new(&[[0i64]], &Device::Cpu).unwrap();
+        assert!(matches!(gather_tokens(&x, &i64s), Err(crate::Error::DType { .. })));
+        assert!(matches!(gather_tokens(&x, &idx(&[0, 1, 2], 3)), Err(crate::Error::ShapeMismatch { .. })));
+        let e = scatter_tokens(&x, &randn(&[2, 3, 3], 2), &idx(&[0, 1], 2)).unwrap_err();
+        assert!(matches!(e, crate::Error::ShapeMismatch { op: "scatter_tokens", .. }), "{e}");
+    }
+}
