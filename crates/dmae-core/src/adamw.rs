@@ -87,7 +87,10 @@ pub(crate) struct AdamWHyper {
 
 /// First and second moments of one parameter, on its device.
 enum Moments {
-    Cpu { m: Vec<f32>, v: Vec<f32> },
+    Cpu {
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
     #[cfg(feature = "cuda")]
     Cuda(crate::cuda::CudaMoments),
 }
@@ -175,7 +178,10 @@ impl AdamW {
     /// Every variable with the config's weight decay.
     pub fn from_vars(vars: Vec<Var>, config: AdamWConfig) -> Result<Self> {
         let wd = config.weight_decay;
-        Self::new(vars.into_iter().map(|v| Param::new(v, wd)).collect(), config)
+        Self::new(
+            vars.into_iter().map(|v| Param::new(v, wd)).collect(),
+            config,
+        )
     }
 
     /// The base learning rate.
@@ -210,7 +216,12 @@ impl AdamW {
             let p = slot.param.var.as_tensor();
             let Some(g) = grads.get(p) else { continue };
             if g.shape() != p.shape() {
-                return Err(shape_mismatch(OP, format!("gradient of parameter {i} vs parameter"), g.shape(), p.shape()));
+                return Err(shape_mismatch(
+                    OP,
+                    format!("gradient of parameter {i} vs parameter"),
+                    g.shape(),
+                    p.shape(),
+                ));
             }
             if g.dtype() != DType::F32 {
                 return Err(Error::DType {
@@ -252,7 +263,11 @@ impl AdamW {
         if moments.len() != self.slots.len() {
             return Err(invalid(
                 OP,
-                format!("state has {} moment pairs for {} parameters", moments.len(), self.slots.len()),
+                format!(
+                    "state has {} moment pairs for {} parameters",
+                    moments.len(),
+                    self.slots.len()
+                ),
             ));
         }
         for (i, (slot, (m, v))) in self.slots.iter_mut().zip(moments).enumerate() {
@@ -319,15 +334,25 @@ impl InplaceOp2 for Kernel<'_> {
 
     // Without the `cuda` feature the CPU variant is the only one.
     #[allow(irrefutable_let_patterns)]
-    fn cpu_fwd(&self, ps: &mut CpuStorage, pl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
-        let mut guard = self.moments.lock().map_err(|_| candle_core::Error::Msg(format!("{OP}: poisoned state")))?;
+    fn cpu_fwd(
+        &self,
+        ps: &mut CpuStorage,
+        pl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
+        let mut guard = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{OP}: poisoned state")))?;
         let Moments::Cpu { m, v } = &mut **guard else {
             candle_core::bail!("{OP}: moments are not on the CPU");
         };
         let (CpuStorage::F32(p), CpuStorage::F32(g)) = (ps, gs) else {
             candle_core::bail!("{OP}: expected f32 parameter and gradient");
         };
-        let (Some((p0, p1)), Some((g0, g1))) = (pl.contiguous_offsets(), gl.contiguous_offsets()) else {
+        let (Some((p0, p1)), Some((g0, g1))) = (pl.contiguous_offsets(), gl.contiguous_offsets())
+        else {
             candle_core::bail!("{OP}: parameter and gradient must be contiguous");
         };
         let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
@@ -347,12 +372,23 @@ impl InplaceOp2 for Kernel<'_> {
         gs: &candle_core::CudaStorage,
         gl: &Layout,
     ) -> candle_core::Result<()> {
-        let mut guard = self.moments.lock().map_err(|_| candle_core::Error::Msg(format!("{OP}: poisoned state")))?;
+        let mut guard = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{OP}: poisoned state")))?;
         let Moments::Cuda(mo) = &mut **guard else {
             candle_core::bail!("{OP}: moments are not on the GPU");
         };
         let n = pl.shape().elem_count();
-        crate::cuda::adamw_step(ps, pl.start_offset(), gs, gl.start_offset(), mo, n, &self.hyper)
+        crate::cuda::adamw_step(
+            ps,
+            pl.start_offset(),
+            gs,
+            gl.start_offset(),
+            mo,
+            n,
+            &self.hyper,
+        )
     }
 }
 
@@ -370,19 +406,43 @@ mod tests {
         let p0 = f32(randn(&[37, 5], 1));
         let var = Var::from_tensor(&p0).unwrap();
         let bias = Var::from_tensor(&f32(randn(&[5], 2))).unwrap();
-        let cfg = AdamWConfig { lr: 1e-2, ..Default::default() };
+        let cfg = AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(
-            vec![Param { var: var.clone(), weight_decay: 0.1, lr_scale: 0.5 }, Param::new(bias.clone(), 0.0)],
+            vec![
+                Param {
+                    var: var.clone(),
+                    weight_decay: 0.1,
+                    lr_scale: 0.5,
+                },
+                Param::new(bias.clone(), 0.0),
+            ],
             cfg,
         )
         .unwrap();
-        let (mut p, mut m, mut v) = (p0.clone(), p0.zeros_like().unwrap(), p0.zeros_like().unwrap());
+        let (mut p, mut m, mut v) = (
+            p0.clone(),
+            p0.zeros_like().unwrap(),
+            p0.zeros_like().unwrap(),
+        );
         for t in 1..=4 {
             let x = f32(randn(&[3, 37], 10 + t as u64));
-            let loss = x.matmul(var.as_tensor()).unwrap().broadcast_add(bias.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap();
+            let loss = x
+                .matmul(var.as_tensor())
+                .unwrap()
+                .broadcast_add(bias.as_tensor())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
             let grads = loss.backward().unwrap();
             let g = grads.get(var.as_tensor()).unwrap().clone();
-            (p, m, v) = crate::reference::adamw_step(&p, &g, &m, &v, 1e-2 * 0.5, (0.9, 0.95), 1e-8, 0.1, t).unwrap();
+            (p, m, v) =
+                crate::reference::adamw_step(&p, &g, &m, &v, 1e-2 * 0.5, (0.9, 0.95), 1e-8, 0.1, t)
+                    .unwrap();
             opt.step(&grads).unwrap();
             let d = max_abs_diff(var.as_tensor(), &p);
             assert!(d < 1e-6, "step {t}: {d:e}");
@@ -390,9 +450,18 @@ mod tests {
         assert_eq!(opt.step_count(), 4);
         let (mm, vv) = &opt.moments().unwrap()[0];
         for (ours, want) in [(mm, &m), (vv, &v)] {
-            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
             let d = max_abs_diff(&ours.reshape((37, 5)).unwrap(), want);
-            assert!(d <= 1e-6 * scale, "moments differ by {d:e} (scale {scale:e})");
+            assert!(
+                d <= 1e-6 * scale,
+                "moments differ by {d:e} (scale {scale:e})"
+            );
         }
     }
 
@@ -402,20 +471,45 @@ mod tests {
         let b = Var::from_tensor(&f32(randn(&[3], 2))).unwrap();
         let b0 = b.as_tensor().copy().unwrap();
         let mut opt = AdamW::from_vars(vec![a.clone(), b.clone()], AdamWConfig::default()).unwrap();
-        let grads = a.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = a
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         opt.step(&grads).unwrap();
         assert_eq!(max_abs_diff(b.as_tensor(), &b0), 0.0);
         let saved = opt.moments().unwrap();
-        let mut other = AdamW::from_vars(vec![a.clone(), b.clone()], AdamWConfig::default()).unwrap();
+        let mut other =
+            AdamW::from_vars(vec![a.clone(), b.clone()], AdamWConfig::default()).unwrap();
         other.load_state(opt.step_count(), &saved).unwrap();
         let (a1, a2) = (a.as_tensor().copy().unwrap(), a.as_tensor().copy().unwrap());
-        let (va, vb) = (Var::from_tensor(&a1).unwrap(), Var::from_tensor(&a2).unwrap());
+        let (va, vb) = (
+            Var::from_tensor(&a1).unwrap(),
+            Var::from_tensor(&a2).unwrap(),
+        );
         let mut o1 = AdamW::from_vars(vec![va.clone(), b.clone()], AdamWConfig::default()).unwrap();
         o1.load_state(1, &saved).unwrap();
         let mut o2 = AdamW::from_vars(vec![vb.clone(), b.clone()], AdamWConfig::default()).unwrap();
         o2.load_state(1, &opt.moments().unwrap()).unwrap();
-        let g1 = va.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = vb.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = va
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = vb
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         o1.step(&g1).unwrap();
         o2.step(&g2).unwrap();
         assert_eq!(max_abs_diff(va.as_tensor(), vb.as_tensor()), 0.0);
@@ -425,9 +519,18 @@ mod tests {
     #[test]
     fn rejects_bad_config_and_dtypes() {
         let a = Var::from_tensor(&f32(randn(&[4], 1))).unwrap();
-        let bad = AdamWConfig { beta2: 1.0, ..Default::default() };
-        assert!(matches!(AdamW::from_vars(vec![a.clone()], bad), Err(Error::InvalidArgument { .. })));
+        let bad = AdamWConfig {
+            beta2: 1.0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            AdamW::from_vars(vec![a.clone()], bad),
+            Err(Error::InvalidArgument { .. })
+        ));
         let d = Var::from_tensor(&randn(&[4], 1)).unwrap();
-        assert!(matches!(AdamW::from_vars(vec![d], AdamWConfig::default()), Err(Error::DType { .. })));
+        assert!(matches!(
+            AdamW::from_vars(vec![d], AdamWConfig::default()),
+            Err(Error::DType { .. })
+        ));
     }
 }

@@ -58,11 +58,7 @@ pub fn attention(
         }
     };
     let (q, k, v) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
-    let op = Attention {
-        dims,
-        scale,
-        mask,
-    };
+    let op = Attention { dims, scale, mask };
     Ok(q.apply_op3(&k, &v, op)?)
 }
 
@@ -113,7 +109,10 @@ impl AttnDims {
             ));
         }
         if qd.iter().chain(kd).chain(vd).any(|&x| x == 0) {
-            return Err(invalid(OP, "q, k and v must not have a zero-sized dimension"));
+            return Err(invalid(
+                OP,
+                "q, k and v must not have a zero-sized dimension",
+            ));
         }
         Ok(Self {
             n: qd[0],
@@ -210,7 +209,14 @@ fn forward<T: Real>(x: &Views<T>, dims: AttnDims, scale: f64) -> Vec<T> {
 /// With `P` the probabilities, `dO` the output gradient and `dP = dO V^T`:
 /// `dV = P^T dO`, `dS = P * (dP - rowsum(P * dP))`, `dQ = dS K * scale`, `dK = dS^T Q * scale`.
 fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [Vec<T>; 3] {
-    let AttnDims { n, h, lq, lk, d, dv } = dims;
+    let AttnDims {
+        n,
+        h,
+        lq,
+        lk,
+        d,
+        dv,
+    } = dims;
     let sc = cpu::c::<T>(scale);
     let ((q, qv), (k, kv), (v, vv)) = (x.q, x.k, x.v);
     let mut dq = vec![T::zero(); n * lq * h * d];
@@ -365,7 +371,13 @@ impl CustomOp3 for Attention {
                     g: (&CpuStorage, &Layout),
                 ) -> candle_core::Result<[Tensor; 3]> {
                     let AttnDims {
-                        n, h, lq, lk, d, dv, ..
+                        n,
+                        h,
+                        lq,
+                        lk,
+                        d,
+                        dv,
+                        ..
                     } = op.dims;
                     op.mask_cpu(|m| {
                         let x = views::<T>(q, k, v, m)?;
@@ -390,7 +402,14 @@ impl CustomOp3 for Attention {
                         _ => candle_core::bail!("{OP}: the mask is not on the same device as q"),
                     },
                 };
-                let AttnDims { n, h, lq, lk, d, dv } = self.dims;
+                let AttnDims {
+                    n,
+                    h,
+                    lq,
+                    lk,
+                    d,
+                    dv,
+                } = self.dims;
                 let [dq, dk, dvv] = crate::cuda::attention_bwd(
                     (qs, Strided4::of(ql)),
                     (ks, Strided4::of(kl)),
@@ -426,9 +445,23 @@ mod tests {
     #[test]
     fn gradients_self_and_cross() {
         // Self attention, odd sizes.
-        assert_grads(|t| attn(t, None), &[randn(&[2, 5, 3, 4], 1), randn(&[2, 5, 3, 4], 2), randn(&[2, 5, 3, 4], 3)]);
+        assert_grads(
+            |t| attn(t, None),
+            &[
+                randn(&[2, 5, 3, 4], 1),
+                randn(&[2, 5, 3, 4], 2),
+                randn(&[2, 5, 3, 4], 3),
+            ],
+        );
         // Cross attention: Lq = 3 queries over Lk = 7 keys, Dv != D.
-        assert_grads(|t| attn(t, None), &[randn(&[2, 3, 2, 5], 4), randn(&[2, 7, 2, 5], 5), randn(&[2, 7, 2, 3], 6)]);
+        assert_grads(
+            |t| attn(t, None),
+            &[
+                randn(&[2, 3, 2, 5], 4),
+                randn(&[2, 7, 2, 5], 5),
+                randn(&[2, 7, 2, 3], 6),
+            ],
+        );
     }
 
     #[test]
@@ -438,11 +471,30 @@ mod tests {
         m[6 + 5] = -2.5;
         let mask = Tensor::from_vec(m, (3, 6), &candle_core::Device::Cpu).unwrap();
         let f = |t: &[Tensor]| attn(t, Some(&mask));
-        assert_grads(f, &[randn(&[2, 3, 2, 4], 7), randn(&[2, 6, 2, 4], 8), randn(&[2, 6, 2, 4], 9)]);
+        assert_grads(
+            f,
+            &[
+                randn(&[2, 3, 2, 4], 7),
+                randn(&[2, 6, 2, 4], 8),
+                randn(&[2, 6, 2, 4], 9),
+            ],
+        );
         // Per-sample key padding mask (N, 1, 1, Lk).
-        let pad = Tensor::from_vec(vec![0.0, 0.0, 0.0, f64::NEG_INFINITY, 0.0, -1.0], (2, 1, 1, 3), &candle_core::Device::Cpu).unwrap();
+        let pad = Tensor::from_vec(
+            vec![0.0, 0.0, 0.0, f64::NEG_INFINITY, 0.0, -1.0],
+            (2, 1, 1, 3),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let g = |t: &[Tensor]| attn(t, Some(&pad));
-        assert_grads(g, &[randn(&[2, 2, 2, 3], 10), randn(&[2, 3, 2, 3], 11), randn(&[2, 3, 2, 3], 12)]);
+        assert_grads(
+            g,
+            &[
+                randn(&[2, 2, 2, 3], 10),
+                randn(&[2, 3, 2, 3], 11),
+                randn(&[2, 3, 2, 3], 12),
+            ],
+        );
     }
 
     #[test]
@@ -450,23 +502,45 @@ mod tests {
         // q, k, v as views of one (N, L, 3, H, D) projection, as the models produce them.
         let f = |t: &[Tensor]| {
             let qkv = t[0].reshape((2, 5, 3, 2, 4))?;
-            let (q, k, v) = (qkv.i((.., .., 0))?, qkv.i((.., .., 1))?, qkv.i((.., .., 2))?);
+            let (q, k, v) = (
+                qkv.i((.., .., 0))?,
+                qkv.i((.., .., 1))?,
+                qkv.i((.., .., 2))?,
+            );
             assert!(!q.is_contiguous());
             attn(&[q, k, v], None)
         };
         assert_grads(f, &[randn(&[2, 5, 24], 13)]);
         // A transposed k (last stride != 1) is copied, and still gets its gradient.
-        let g = |t: &[Tensor]| attn(&[t[0].clone(), t[1].permute((0, 3, 2, 1))?, t[2].clone()], None);
-        assert_grads(g, &[randn(&[1, 4, 2, 3], 14), randn(&[1, 3, 2, 5], 15), randn(&[1, 5, 2, 3], 16)]);
+        let g = |t: &[Tensor]| {
+            attn(
+                &[t[0].clone(), t[1].permute((0, 3, 2, 1))?, t[2].clone()],
+                None,
+            )
+        };
+        assert_grads(
+            g,
+            &[
+                randn(&[1, 4, 2, 3], 14),
+                randn(&[1, 3, 2, 5], 15),
+                randn(&[1, 5, 2, 3], 16),
+            ],
+        );
     }
 
     #[test]
     fn matches_candle_composition() {
-        let mask = randn(&[2, 1, 37, 49], 30).to_dtype(candle_core::DType::F32).unwrap();
+        let mask = randn(&[2, 1, 37, 49], 30)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
         assert_matches_reference(
             |t| attn(t, Some(&mask)),
             |t| crate::reference::attention(&t[0], &t[1], &t[2], Some(&mask), 1.0 / 8.0),
-            &[randn(&[2, 37, 3, 64], 31), randn(&[2, 49, 3, 64], 32), randn(&[2, 49, 3, 64], 33)],
+            &[
+                randn(&[2, 37, 3, 64], 31),
+                randn(&[2, 49, 3, 64], 32),
+                randn(&[2, 49, 3, 64], 33),
+            ],
             1e-4,
         );
     }
@@ -476,12 +550,32 @@ mod tests {
         let q = randn(&[1, 2, 1, 4], 1);
         let k = randn(&[1, 3, 1, 4], 2);
         let v = randn(&[1, 3, 1, 4], 3);
-        let m = Tensor::from_vec(vec![f64::NEG_INFINITY; 3], (1, 3), &candle_core::Device::Cpu).unwrap();
-        let m = Tensor::cat(&[m, Tensor::zeros((1, 3), candle_core::DType::F64, &candle_core::Device::Cpu).unwrap()], 0).unwrap();
+        let m = Tensor::from_vec(
+            vec![f64::NEG_INFINITY; 3],
+            (1, 3),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let m = Tensor::cat(
+            &[
+                m,
+                Tensor::zeros((1, 3), candle_core::DType::F64, &candle_core::Device::Cpu).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
         let out = attention(&q, &k, &v, Some(&m), 0.5).unwrap();
         let row0 = out.i((0, 0, 0)).unwrap().to_vec1::<f64>().unwrap();
         assert_eq!(row0, vec![0.0; 4]);
-        let row1 = out.i((0, 1, 0)).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let row1 = out
+            .i((0, 1, 0))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(row1 > 0.0);
     }
 
@@ -492,14 +586,35 @@ mod tests {
         let v = randn(&[2, 5, 2, 4], 3);
         let e = attention(&q, &k, &v, None, 1.0).unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, crate::Error::ShapeMismatch { op: "attention", .. }), "{msg}");
-        assert!(msg.contains("[2, 3, 2, 4]") && msg.contains("[2, 5, 2, 8]"), "{msg}");
+        assert!(
+            matches!(
+                e,
+                crate::Error::ShapeMismatch {
+                    op: "attention",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("[2, 3, 2, 4]") && msg.contains("[2, 5, 2, 8]"),
+            "{msg}"
+        );
         let k = randn(&[2, 5, 2, 4], 2);
         let bad_mask = randn(&[4, 5], 4);
-        assert!(matches!(attention(&q, &k, &v, Some(&bad_mask), 1.0), Err(crate::Error::ShapeMismatch { .. })));
+        assert!(matches!(
+            attention(&q, &k, &v, Some(&bad_mask), 1.0),
+            Err(crate::Error::ShapeMismatch { .. })
+        ));
         let v3 = randn(&[2, 5, 4], 3);
-        assert!(matches!(attention(&q, &k, &v3, None, 1.0), Err(crate::Error::InvalidArgument { .. })));
+        assert!(matches!(
+            attention(&q, &k, &v3, None, 1.0),
+            Err(crate::Error::InvalidArgument { .. })
+        ));
         let k32 = k.to_dtype(candle_core::DType::F32).unwrap();
-        assert!(matches!(attention(&q, &k32, &v, None, 1.0), Err(crate::Error::DType { .. })));
+        assert!(matches!(
+            attention(&q, &k32, &v, None, 1.0),
+            Err(crate::Error::DType { .. })
+        ));
     }
 }

@@ -105,7 +105,12 @@ pub(crate) fn check_float(
     }
 }
 
-pub(crate) fn check_same_dtype(op: &'static str, what: &str, got: DType, want: DType) -> Result<()> {
+pub(crate) fn check_same_dtype(
+    op: &'static str,
+    what: &str,
+    got: DType,
+    want: DType,
+) -> Result<()> {
     if got == want {
         Ok(())
     } else {

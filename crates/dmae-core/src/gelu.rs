@@ -76,7 +76,10 @@ impl CustomOp1 for GeluOp {
                 .for_each(|c| c.iter_mut().for_each(|v| *v = value(kind, *v)));
             Ok(T::to_cpu_storage_owned(y))
         }
-        Ok((cpu::dispatch_float!(OP, s, run(self.0, s, l))?, l.shape().clone()))
+        Ok((
+            cpu::dispatch_float!(OP, s, run(self.0, s, l))?,
+            l.shape().clone(),
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -118,7 +121,8 @@ impl CustomOp1 for GeluOp {
             #[cfg(feature = "cuda")]
             (Storage::Cuda(xs), Storage::Cuda(gs)) => {
                 let n = xl.shape().elem_count();
-                let dx = crate::cuda::gelu_bwd(xs, xl.start_offset(), gs, gl.start_offset(), n, self.0)?;
+                let dx =
+                    crate::cuda::gelu_bwd(xs, xl.start_offset(), gs, gl.start_offset(), n, self.0)?;
                 crate::cuda::tensor(dx, xl.shape())
             }
             _ => candle_core::bail!("{OP}: backward on an unsupported device mix"),
@@ -159,7 +163,13 @@ mod tests {
         let x = Tensor::new(&[-3.0f64, -1.0, 0.0, 1.0, 3.0], &candle_core::Device::Cpu).unwrap();
         let y = gelu(&x, Gelu::Erf).unwrap().to_vec1::<f64>().unwrap();
         // x * Phi(x), Phi from tables.
-        let want = [-0.004_049_694, -0.158_655_254, 0.0, 0.841_344_746, 2.995_950_306];
+        let want = [
+            -0.004_049_694,
+            -0.158_655_254,
+            0.0,
+            0.841_344_746,
+            2.995_950_306,
+        ];
         for (a, b) in y.iter().zip(want) {
             assert!((a - b).abs() < 1e-8, "{a} vs {b}");
         }

@@ -107,12 +107,19 @@ where
     let tracked: Vec<Tensor> = inputs
         .iter()
         .zip(&vars)
-        .map(|(t, v)| v.as_ref().map_or_else(|| t.clone(), |v| v.as_tensor().clone()))
+        .map(|(t, v)| {
+            v.as_ref()
+                .map_or_else(|| t.clone(), |v| v.as_tensor().clone())
+        })
         .collect();
     let out = f(&tracked)?;
     let weights: Vec<f64> = (0..out.elem_count()).map(|_| rng.unit()).collect();
     let r = Tensor::from_vec(weights, out.shape(), &Device::Cpu)?;
-    let loss = |out: &Tensor| -> Result<f64> { (out.to_dtype(DType::F64)? * &r)?.sum_all()?.to_scalar::<f64>() };
+    let loss = |out: &Tensor| -> Result<f64> {
+        (out.to_dtype(DType::F64)? * &r)?
+            .sum_all()?
+            .to_scalar::<f64>()
+    };
     let grads = (out.to_dtype(DType::F64)? * &r)?.sum_all()?.backward()?;
 
     let mut reports = Vec::new();
@@ -129,7 +136,9 @@ where
         let elems: Vec<usize> = if n <= opts.max_elems {
             (0..n).collect()
         } else {
-            (0..opts.max_elems).map(|_| (rng.next() % n as u64) as usize).collect()
+            (0..opts.max_elems)
+                .map(|_| (rng.next() % n as u64) as usize)
+                .collect()
         };
         let (mut max_abs, mut max_rel) = (0f64, 0f64);
         for &e in &elems {

@@ -22,7 +22,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         _ => {
             return Err(invalid(
                 OP,
-                format!("x must have a non-empty last dimension, got {:?}", x.shape()),
+                format!(
+                    "x must have a non-empty last dimension, got {:?}",
+                    x.shape()
+                ),
             ))
         }
     };
@@ -39,7 +42,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     }
     check_float(OP, "x", x.dtype(), x.device())?;
     if !(eps > 0.0 && eps.is_finite()) {
-        return Err(invalid(OP, format!("eps must be positive and finite, got {eps}")));
+        return Err(invalid(
+            OP,
+            format!("eps must be positive and finite, got {eps}"),
+        ));
     }
     let x = x.contiguous()?;
     let (w, b) = (weight.contiguous()?, bias.contiguous()?);
@@ -216,7 +222,11 @@ impl CustomOp3 for LayerNorm {
                         eps,
                     );
                     let d = dw.len();
-                    Ok((cpu::tensor(dx, xl.shape()), cpu::tensor(dw, d), cpu::tensor(db, d)))
+                    Ok((
+                        cpu::tensor(dx, xl.shape()),
+                        cpu::tensor(dw, d),
+                        cpu::tensor(db, d),
+                    ))
                 }
                 cpu::dispatch_float!(OP, xs, run(self.eps, xs, xl, ws, wl, gs, gl))?
             }
@@ -269,9 +279,18 @@ mod tests {
             let w = t[1].broadcast_as(6)?;
             layer_norm(&x, &w, &t[2], 1e-5).map_err(Into::into)
         };
-        assert_grads(f, &[randn(&[6, 9], 7), randn(&[], 8).reshape(()).unwrap(), randn(&[6], 9)]);
+        assert_grads(
+            f,
+            &[
+                randn(&[6, 9], 7),
+                randn(&[], 8).reshape(()).unwrap(),
+                randn(&[6], 9),
+            ],
+        );
         // x is a broadcast of one row over 4 rows: its gradient sums the rows.
-        let g = |t: &[Tensor]| layer_norm(&t[0].broadcast_as((4, 5))?, &t[1], &t[2], 1e-5).map_err(Into::into);
+        let g = |t: &[Tensor]| {
+            layer_norm(&t[0].broadcast_as((4, 5))?, &t[1], &t[2], 1e-5).map_err(Into::into)
+        };
         assert_grads(g, &[randn(&[1, 5], 10), randn(&[5], 11), randn(&[5], 12)]);
     }
 
@@ -280,14 +299,20 @@ mod tests {
         assert_matches_reference(
             |t| layer_norm(&t[0], &t[1], &t[2], 1e-6).map_err(Into::into),
             |t| crate::reference::layer_norm(&t[0], &t[1], &t[2], 1e-6),
-            &[randn(&[4, 13, 192], 20), randn(&[192], 21), randn(&[192], 22)],
+            &[
+                randn(&[4, 13, 192], 20),
+                randn(&[192], 21),
+                randn(&[192], 22),
+            ],
             2e-4,
         );
     }
 
     #[test]
     fn shape_and_dtype_errors_are_typed() {
-        let x = randn(&[2, 3, 4], 1).to_dtype(candle_core::DType::F32).unwrap();
+        let x = randn(&[2, 3, 4], 1)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
         let w = randn(&[5], 1).to_dtype(candle_core::DType::F32).unwrap();
         let b = randn(&[4], 1).to_dtype(candle_core::DType::F32).unwrap();
         match layer_norm(&x, &w, &b, 1e-6) {
@@ -299,10 +324,24 @@ mod tests {
             other => panic!("expected a shape error, got {other:?}"),
         }
         let w64 = randn(&[4], 1);
-        assert!(matches!(layer_norm(&x, &w64, &b, 1e-6), Err(Error::DType { op: "layer_norm", .. })));
+        assert!(matches!(
+            layer_norm(&x, &w64, &b, 1e-6),
+            Err(Error::DType {
+                op: "layer_norm",
+                ..
+            })
+        ));
         let w = w.narrow(0, 0, 4).unwrap();
-        assert!(matches!(layer_norm(&x, &w, &b, 0.0), Err(Error::InvalidArgument { .. })));
-        let msg = layer_norm(&x, &b.narrow(0, 0, 3).unwrap(), &b, 1e-6).unwrap_err().to_string();
-        assert!(msg.contains("layer_norm") && msg.contains("[2, 3, 4]") && msg.contains("[3]"), "{msg}");
+        assert!(matches!(
+            layer_norm(&x, &w, &b, 0.0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        let msg = layer_norm(&x, &b.narrow(0, 0, 3).unwrap(), &b, 1e-6)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("layer_norm") && msg.contains("[2, 3, 4]") && msg.contains("[3]"),
+            "{msg}"
+        );
     }
 }

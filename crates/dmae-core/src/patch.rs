@@ -26,7 +26,12 @@ pub(crate) struct PatchDims {
 }
 
 impl PatchDims {
-    fn new(n: usize, (c, t, h, w): (usize, usize, usize, usize), tubelet: usize, patch: usize) -> Result<Self> {
+    fn new(
+        n: usize,
+        (c, t, h, w): (usize, usize, usize, usize),
+        tubelet: usize,
+        patch: usize,
+    ) -> Result<Self> {
         if patch == 0 || tubelet == 0 {
             return Err(invalid(OP, "patch and tubelet sizes must be positive"));
         }
@@ -39,9 +44,20 @@ impl PatchDims {
             ));
         }
         if c == 0 || h == 0 || w == 0 || t == 0 {
-            return Err(invalid(OP, format!("empty input: C={c}, T={t}, H={h}, W={w}")));
+            return Err(invalid(
+                OP,
+                format!("empty input: C={c}, T={t}, H={h}, W={w}"),
+            ));
         }
-        Ok(Self { n, c, t, h, w, tubelet, patch })
+        Ok(Self {
+            n,
+            c,
+            t,
+            h,
+            w,
+            tubelet,
+            patch,
+        })
     }
 
     /// Number of patches (tubelets) per sample.
@@ -57,16 +73,26 @@ impl PatchDims {
 
 /// (N, C, H, W) -> (N, L, p*p*C), differentiable.
 pub fn patchify(images: &Tensor, patch: usize) -> Result<Tensor> {
-    let (n, c, h, w) = images
-        .dims4()
-        .map_err(|_| invalid(OP, format!("images must be (N, C, H, W), got {:?}", images.shape())))?;
+    let (n, c, h, w) = images.dims4().map_err(|_| {
+        invalid(
+            OP,
+            format!("images must be (N, C, H, W), got {:?}", images.shape()),
+        )
+    })?;
     let dims = PatchDims::new(n, (c, 1, h, w), 1, patch)?;
     let x = images.reshape((n, c, 1, h, w))?;
-    Ok(x.contiguous()?.apply_op1(Patch { dims, inverse: false })?)
+    Ok(x.contiguous()?.apply_op1(Patch {
+        dims,
+        inverse: false,
+    })?)
 }
 
 /// (N, L, p*p*C) -> (N, C, H, W) for images of `channels` x `height` x `width`, differentiable.
-pub fn unpatchify(patches: &Tensor, patch: usize, (channels, height, width): (usize, usize, usize)) -> Result<Tensor> {
+pub fn unpatchify(
+    patches: &Tensor,
+    patch: usize,
+    (channels, height, width): (usize, usize, usize),
+) -> Result<Tensor> {
     let n = patches.dims().first().copied().unwrap_or(0);
     let dims = PatchDims::new(n, (channels, 1, height, width), 1, patch)?;
     let x = Patch::inverse(patches, dims)?;
@@ -76,10 +102,16 @@ pub fn unpatchify(patches: &Tensor, patch: usize, (channels, height, width): (us
 /// (N, C, T, H, W) -> (N, L, t*p*p*C) with tubelets of `tubelet` frames, differentiable.
 pub fn patchify_video(videos: &Tensor, tubelet: usize, patch: usize) -> Result<Tensor> {
     let (n, c, t, h, w) = videos.dims5().map_err(|_| {
-        invalid(OP, format!("videos must be (N, C, T, H, W), got {:?}", videos.shape()))
+        invalid(
+            OP,
+            format!("videos must be (N, C, T, H, W), got {:?}", videos.shape()),
+        )
     })?;
     let dims = PatchDims::new(n, (c, t, h, w), tubelet, patch)?;
-    Ok(videos.contiguous()?.apply_op1(Patch { dims, inverse: false })?)
+    Ok(videos.contiguous()?.apply_op1(Patch {
+        dims,
+        inverse: false,
+    })?)
 }
 
 /// (N, L, t*p*p*C) -> (N, C, T, H, W), differentiable; `shape` is (C, T, H, W).
@@ -111,7 +143,10 @@ impl Patch {
                 &want,
             ));
         }
-        Ok(patches.contiguous()?.apply_op1(Patch { dims, inverse: true })?)
+        Ok(patches.contiguous()?.apply_op1(Patch {
+            dims,
+            inverse: true,
+        })?)
     }
 
     fn out_shape(&self) -> Shape {
@@ -154,7 +189,12 @@ fn permute_sample<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], d: &PatchDims
     }
 }
 
-fn run<T: WithDType>(s: &CpuStorage, l: &Layout, d: &PatchDims, inverse: bool) -> candle_core::Result<CpuStorage> {
+fn run<T: WithDType>(
+    s: &CpuStorage,
+    l: &Layout,
+    d: &PatchDims,
+    inverse: bool,
+) -> candle_core::Result<CpuStorage> {
     let src = crate::cpu::slice::<T>(s, l, OP)?;
     let per = d.c * d.t * d.h * d.w;
     let mut dst = vec![T::zero(); src.len()];
@@ -183,7 +223,11 @@ impl CustomOp1 for Patch {
             CpuStorage::F16(_) => run::<f16>(s, l, d, inv)?,
             CpuStorage::U8(_) => run::<u8>(s, l, d, inv)?,
             CpuStorage::U32(_) => run::<u32>(s, l, d, inv)?,
-            other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), candle_core::backend::BackendStorage::dtype(other)),
+            other => candle_core::bail!(
+                "{}: unsupported dtype {:?}",
+                self.name(),
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
         };
         Ok((out, self.out_shape()))
     }
@@ -198,7 +242,12 @@ impl CustomOp1 for Patch {
         Ok((out, self.out_shape()))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let back = Patch {
             dims: self.dims,
             inverse: !self.inverse,
@@ -218,10 +267,31 @@ mod tests {
         let x = randn(&[2, 3, 8, 12], 1);
         let p = patchify(&x, 4).unwrap();
         assert_eq!(p.dims(), &[2, 6, 48]);
-        assert_eq!(max_abs_diff(&p, &crate::reference::patchify(&x, 4).unwrap()), 0.0);
+        assert_eq!(
+            max_abs_diff(&p, &crate::reference::patchify(&x, 4).unwrap()),
+            0.0
+        );
         // Patch 4 (row 1, col 1), pixel (1, 2) of the patch, channel 2: x[n, 2, 4 + 1, 4 + 2].
-        let want = x.get(1).unwrap().get(2).unwrap().get(5).unwrap().get(6).unwrap().to_scalar::<f64>().unwrap();
-        let got = p.get(1).unwrap().get(4).unwrap().get((4 + 2) * 3 + 2).unwrap().to_scalar::<f64>().unwrap();
+        let want = x
+            .get(1)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .get(5)
+            .unwrap()
+            .get(6)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let got = p
+            .get(1)
+            .unwrap()
+            .get(4)
+            .unwrap()
+            .get((4 + 2) * 3 + 2)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert_eq!(want, got);
         let back = unpatchify(&p, 4, (3, 8, 12)).unwrap();
         assert_eq!(max_abs_diff(&x, &back), 0.0);
@@ -232,7 +302,10 @@ mod tests {
         let x = randn(&[2, 2, 4, 6, 6], 2);
         let p = patchify_video(&x, 2, 3).unwrap();
         assert_eq!(p.dims(), &[2, 8, 36]);
-        assert_eq!(max_abs_diff(&p, &crate::reference::patchify_video(&x, 2, 3).unwrap()), 0.0);
+        assert_eq!(
+            max_abs_diff(&p, &crate::reference::patchify_video(&x, 2, 3).unwrap()),
+            0.0
+        );
         let back = unpatchify_video(&p, 2, 3, (2, 4, 6, 6)).unwrap();
         assert_eq!(max_abs_diff(&x, &back), 0.0);
     }
@@ -253,7 +326,10 @@ mod tests {
         let e = patchify(&x, 4).unwrap_err().to_string();
         assert!(e.contains("not divisible"), "{e}");
         let p = randn(&[1, 4, 16], 1);
-        assert!(matches!(unpatchify(&p, 4, (1, 8, 12)), Err(crate::Error::ShapeMismatch { .. })));
+        assert!(matches!(
+            unpatchify(&p, 4, (1, 8, 12)),
+            Err(crate::Error::ShapeMismatch { .. })
+        ));
         assert!(patchify(&randn(&[3, 4], 1), 2).is_err());
     }
 }

@@ -15,7 +15,10 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         _ => {
             return Err(invalid(
                 OP,
-                format!("x must have a non-empty last dimension, got {:?}", x.shape()),
+                format!(
+                    "x must have a non-empty last dimension, got {:?}",
+                    x.shape()
+                ),
             ))
         }
     }
@@ -28,7 +31,10 @@ struct Softmax;
 /// Numerically stable softmax of one row, in place: subtract the max before `exp`.
 #[inline]
 pub(crate) fn softmax_row<T: Real>(row: &mut [T]) {
-    let max = row.iter().copied().fold(T::neg_infinity(), num_traits::Float::max);
+    let max = row
+        .iter()
+        .copied()
+        .fold(T::neg_infinity(), num_traits::Float::max);
     if max == T::neg_infinity() {
         row.iter_mut().for_each(|v| *v = T::zero());
         return;
@@ -77,7 +83,10 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         fn run<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
             let d = l.dims()[l.dims().len() - 1];
-            Ok(T::to_cpu_storage_owned(forward::<T>(cpu::slice(s, l, OP)?, d)))
+            Ok(T::to_cpu_storage_owned(forward::<T>(
+                cpu::slice(s, l, OP)?,
+                d,
+            )))
         }
         Ok((cpu::dispatch_float!(OP, s, run(s, l))?, l.shape().clone()))
     }
@@ -116,7 +125,14 @@ impl CustomOp1 for Softmax {
             #[cfg(feature = "cuda")]
             (Storage::Cuda(ys), Storage::Cuda(gs)) => {
                 let rows = yl.shape().elem_count() / d;
-                let dx = crate::cuda::softmax_bwd(ys, yl.start_offset(), gs, gl.start_offset(), rows, d)?;
+                let dx = crate::cuda::softmax_bwd(
+                    ys,
+                    yl.start_offset(),
+                    gs,
+                    gl.start_offset(),
+                    rows,
+                    d,
+                )?;
                 crate::cuda::tensor(dx, yl.shape())
             }
             _ => candle_core::bail!("{OP}: backward on an unsupported device mix"),
@@ -137,7 +153,14 @@ mod tests {
         let g = |t: &[Tensor]| softmax_last_dim(&t[0].t()?).map_err(Into::into);
         assert_grads(g, &[randn(&[11, 3], 2)]);
         let h = |t: &[Tensor]| softmax_last_dim(&t[0].broadcast_as((2, 4, 5))?).map_err(Into::into);
-        assert_grads(h, &[randn(&[4, 1], 3).broadcast_as((4, 5)).unwrap().contiguous().unwrap()]);
+        assert_grads(
+            h,
+            &[randn(&[4, 1], 3)
+                .broadcast_as((4, 5))
+                .unwrap()
+                .contiguous()
+                .unwrap()],
+        );
         let h = |t: &[Tensor]| softmax_last_dim(&t[0].broadcast_as((3, 5))?).map_err(Into::into);
         assert_grads(h, &[randn(&[5], 4)]);
     }
@@ -154,19 +177,34 @@ mod tests {
 
     #[test]
     fn fully_masked_row_is_zero_and_rows_sum_to_one() {
-        let x = Tensor::new(&[[f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 1000.0]], &candle_core::Device::Cpu).unwrap();
+        let x = Tensor::new(
+            &[[f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 1000.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let y = softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(y[0], [0.0, 0.0]);
         assert_eq!(y[1], [0.0, 1.0]);
-        let z = softmax_last_dim(&randn(&[5, 9], 6)).unwrap().sum(1).unwrap().to_vec1::<f64>().unwrap();
+        let z = softmax_last_dim(&randn(&[5, 9], 6))
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         assert!(z.iter().all(|s| (s - 1.0).abs() < 1e-12));
     }
 
     #[test]
     fn rejects_integer_and_scalar_inputs() {
         let x = Tensor::new(&[1u32, 2], &candle_core::Device::Cpu).unwrap();
-        assert!(matches!(softmax_last_dim(&x), Err(crate::Error::DType { .. })));
+        assert!(matches!(
+            softmax_last_dim(&x),
+            Err(crate::Error::DType { .. })
+        ));
         let s = Tensor::new(1f32, &candle_core::Device::Cpu).unwrap();
-        assert!(matches!(softmax_last_dim(&s), Err(crate::Error::InvalidArgument { .. })));
+        assert!(matches!(
+            softmax_last_dim(&s),
+            Err(crate::Error::InvalidArgument { .. })
+        ));
     }
 }

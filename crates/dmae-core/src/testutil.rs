@@ -19,7 +19,14 @@ pub fn randn(shape: &[usize], seed: u64) -> Tensor {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
     let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    a.sub(&b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    a.sub(&b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Finite-difference check of `f` with tight f64 tolerances.
@@ -53,25 +60,41 @@ where
         let args: Vec<Tensor> = inputs
             .iter()
             .zip(&vars)
-            .map(|(t, v)| v.as_ref().map_or_else(|| t.clone(), |v| v.as_tensor().clone()))
+            .map(|(t, v)| {
+                v.as_ref()
+                    .map_or_else(|| t.clone(), |v| v.as_tensor().clone())
+            })
             .collect();
         let out = f(&args).unwrap();
         let w = randn(out.dims(), 99).to_dtype(DType::F32).unwrap();
         let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g: Vec<Option<Tensor>> = vars
             .iter()
-            .map(|v| v.as_ref().map(|v| grads.get(v.as_tensor()).expect("gradient reached input").clone()))
+            .map(|v| {
+                v.as_ref().map(|v| {
+                    grads
+                        .get(v.as_tensor())
+                        .expect("gradient reached input")
+                        .clone()
+                })
+            })
             .collect();
         (out, g)
     };
     let (out_a, g_a) = run(&ours);
     let (out_b, g_b) = run(&reference);
     let d = max_abs_diff(&out_a, &out_b);
-    assert!(d < tol, "forward differs from the candle composition by {d:e}");
+    assert!(
+        d < tol,
+        "forward differs from the candle composition by {d:e}"
+    );
     for (i, (a, b)) in g_a.iter().zip(&g_b).enumerate() {
         if let (Some(a), Some(b)) = (a, b) {
             let d = max_abs_diff(a, b);
-            assert!(d < tol, "gradient of input {i} differs from the candle composition by {d:e}");
+            assert!(
+                d < tol,
+                "gradient of input {i} differs from the candle composition by {d:e}"
+            );
         }
     }
 }

@@ -66,7 +66,12 @@ fn check_index(op: &'static str, idx: &Tensor, n: usize, x: &Shape) -> Result<us
     }
     match idx.dims() {
         &[m, k] if m == n => Ok(k),
-        _ => Err(shape_mismatch(op, "x (N, L, D) vs idx (N, K)", x, idx.shape())),
+        _ => Err(shape_mismatch(
+            op,
+            "x (N, L, D) vs idx (N, K)",
+            x,
+            idx.shape(),
+        )),
     }
 }
 
@@ -77,7 +82,11 @@ fn index_error(op: &str, n: usize, k: usize, i: u32, l: usize) -> candle_core::E
 }
 
 /// CPU gather kernel, shared by the forward of `gather_tokens` and the backward of `scatter_tokens`.
-fn gather_cpu<T: Real>(x: &[T], idx: &[u32], (n, l, d): (usize, usize, usize)) -> candle_core::Result<Vec<T>> {
+fn gather_cpu<T: Real>(
+    x: &[T],
+    idx: &[u32],
+    (n, l, d): (usize, usize, usize),
+) -> candle_core::Result<Vec<T>> {
     let k = idx.len() / n.max(1);
     let mut out = vec![T::zero(); n * k * d];
     out.par_chunks_mut((k * d).max(1))
@@ -140,7 +149,13 @@ impl CustomOp2 for Gather {
         Ok((out, Shape::from((n, k, d))))
     }
 
-    fn bwd(&self, x: &Tensor, idx: &Tensor, _out: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        idx: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let (n, l, d) = x.dims3()?;
         let (is, il) = idx.storage_and_layout();
@@ -158,13 +173,15 @@ impl CustomOp2 for Gather {
                     let g = cpu::slice::<T>(gs, gl, GATHER)?;
                     let k = idx.len() / n.max(1);
                     let mut dx = vec![T::zero(); n * l * d];
-                    dx.par_chunks_mut((l * d).max(1)).enumerate().for_each(|(b, dx)| {
-                        for (j, &i) in idx[b * k..(b + 1) * k].iter().enumerate() {
-                            // Indices were range-checked by the forward pass.
-                            let row = &mut dx[i as usize * d..][..d];
-                            cpu::axpy(T::one(), &g[(b * k + j) * d..][..d], row);
-                        }
-                    });
+                    dx.par_chunks_mut((l * d).max(1))
+                        .enumerate()
+                        .for_each(|(b, dx)| {
+                            for (j, &i) in idx[b * k..(b + 1) * k].iter().enumerate() {
+                                // Indices were range-checked by the forward pass.
+                                let row = &mut dx[i as usize * d..][..d];
+                                cpu::axpy(T::one(), &g[(b * k + j) * d..][..d], row);
+                            }
+                        });
                     Ok(cpu::tensor(dx, (n, l, d)))
                 }
                 cpu::dispatch_float!(GATHER, gs, run(is, il, gs, gl, (n, l, d)))?
@@ -172,7 +189,16 @@ impl CustomOp2 for Gather {
             #[cfg(feature = "cuda")]
             (Storage::Cuda(is), Storage::Cuda(gs)) => {
                 let k = il.dims()[1];
-                let dx = crate::cuda::scatter_add_tokens(gs, gl.start_offset(), is, il.start_offset(), n, l, k, d)?;
+                let dx = crate::cuda::scatter_add_tokens(
+                    gs,
+                    gl.start_offset(),
+                    is,
+                    il.start_offset(),
+                    n,
+                    l,
+                    k,
+                    d,
+                )?;
                 crate::cuda::tensor(dx, (n, l, d))
             }
             _ => candle_core::bail!("{GATHER}: backward on an unsupported device mix"),
@@ -287,11 +313,14 @@ impl CustomOp3 for Scatter {
                     let k = idx.len() / n.max(1);
                     let dsrc = gather_cpu(g, idx, (n, l, d))?;
                     let mut dbase = g.to_vec();
-                    dbase.par_chunks_mut((l * d).max(1)).enumerate().for_each(|(b, db)| {
-                        for &i in &idx[b * k..(b + 1) * k] {
-                            db[i as usize * d..][..d].fill(T::zero());
-                        }
-                    });
+                    dbase
+                        .par_chunks_mut((l * d).max(1))
+                        .enumerate()
+                        .for_each(|(b, db)| {
+                            for &i in &idx[b * k..(b + 1) * k] {
+                                db[i as usize * d..][..d].fill(T::zero());
+                            }
+                        });
                     Ok((cpu::tensor(dbase, (n, l, d)), cpu::tensor(dsrc, (n, k, d))))
                 }
                 cpu::dispatch_float!(SCATTER, gs, run(is, il, gs, gl, (n, l, d)))?
@@ -301,7 +330,10 @@ impl CustomOp3 for Scatter {
                 let (go, io) = (gl.start_offset(), il.start_offset());
                 let dbase = crate::cuda::zero_rows(gs, go, is, io, n, l, k, d)?;
                 let dsrc = crate::cuda::gather_tokens(gs, go, is, io, n, l, k, d)?;
-                (crate::cuda::tensor(dbase, (n, l, d)), crate::cuda::tensor(dsrc, (n, k, d)))
+                (
+                    crate::cuda::tensor(dbase, (n, l, d)),
+                    crate::cuda::tensor(dsrc, (n, k, d)),
+                )
             }
             _ => candle_core::bail!("{SCATTER}: backward on an unsupported device mix"),
         };
@@ -361,12 +393,29 @@ mod tests {
         let x = randn(&[2, 4, 3], 1);
         let e = gather_tokens(&x, &idx(&[0, 4], 2)).unwrap_err().to_string();
         assert!(e.contains("idx[1, 0] = 4") && e.contains("L = 4"), "{e}");
-        let e = scatter_tokens(&x, &randn(&[2, 2, 3], 2), &idx(&[0, 0, 1, 2], 2)).unwrap_err().to_string();
+        let e = scatter_tokens(&x, &randn(&[2, 2, 3], 2), &idx(&[0, 0, 1, 2], 2))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("repeats token 0"), "{e}");
         let i64s = Tensor::new(&[[0i64]], &Device::Cpu).unwrap();
-        assert!(matches!(gather_tokens(&x, &i64s), Err(crate::Error::DType { .. })));
-        assert!(matches!(gather_tokens(&x, &idx(&[0, 1, 2], 3)), Err(crate::Error::ShapeMismatch { .. })));
+        assert!(matches!(
+            gather_tokens(&x, &i64s),
+            Err(crate::Error::DType { .. })
+        ));
+        assert!(matches!(
+            gather_tokens(&x, &idx(&[0, 1, 2], 3)),
+            Err(crate::Error::ShapeMismatch { .. })
+        ));
         let e = scatter_tokens(&x, &randn(&[2, 3, 3], 2), &idx(&[0, 1], 2)).unwrap_err();
-        assert!(matches!(e, crate::Error::ShapeMismatch { op: "scatter_tokens", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                crate::Error::ShapeMismatch {
+                    op: "scatter_tokens",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }
