@@ -1,0 +1,115 @@
+//! Space-time masks for video (tubelet tokens).
+
+use candle_core::Device;
+
+use super::{count_for_ratio, random_mask, MaskIndices, MaskStrategy, PatchGrid};
+use crate::error::{check_ratio, Result};
+use crate::rng::{Domain, RngKey};
+
+/// The token grid of a clip cut into tubelets: `frames × rows × cols` tokens, numbered
+/// time-major (`index = (t · rows + r) · cols + c`), the order of MAE-ST/VideoMAE's
+/// 3-D patch embedding flattened over `(T', H', W')`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VideoGrid {
+    /// Temporal positions `T' = T / tubelet_t`.
+    pub frames: usize,
+    /// Patch rows `H / p`.
+    pub rows: usize,
+    /// Patch columns `W / p`.
+    pub cols: usize,
+}
+
+impl VideoGrid {
+    /// A grid of `frames × rows × cols` tokens.
+    pub fn new(frames: usize, rows: usize, cols: usize) -> Self {
+        Self { frames, rows, cols }
+    }
+
+    /// The spatial grid of one temporal position.
+    pub fn spatial(&self) -> PatchGrid {
+        PatchGrid::new(self.rows, self.cols)
+    }
+
+    /// Number of tokens `L = frames · rows · cols`.
+    pub fn len(&self) -> usize {
+        self.frames * self.rows * self.cols
+    }
+
+    /// Whether the grid has no token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How to choose the masked tokens of a clip.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VideoMaskStrategy {
+    /// Tube masking (VideoMAE): one spatial mask per sample, drawn with the given image
+    /// strategy on [`VideoGrid::spatial`], repeated at every temporal position; the masked
+    /// count is `frames ×` the spatial count.
+    Tube(MaskStrategy),
+    /// Uniformly random space-time masking (MAE-ST): exactly `round(ratio · L)` of all
+    /// `L = frames · rows · cols` tokens, independently per sample (MAE-ST's default ratio 0.9).
+    RandomSpaceTime {
+        /// Fraction of tokens to mask, in [0, 1).
+        ratio: f64,
+    },
+}
+
+impl VideoMaskStrategy {
+    /// Tube masking with a random spatial mask of `ratio` (validated).
+    pub fn tube(ratio: f64) -> Result<Self> {
+        Ok(Self::Tube(MaskStrategy::random(ratio)?))
+    }
+
+    /// Random space-time masking with `ratio` (validated).
+    pub fn random_space_time(ratio: f64) -> Result<Self> {
+        check_ratio("ratio", ratio)?;
+        Ok(Self::RandomSpaceTime { ratio })
+    }
+
+    /// Checks the strategy's settings against a grid without drawing anything.
+    pub fn validate(&self, grid: VideoGrid) -> Result<()> {
+        match self {
+            Self::Tube(s) => s.validate(grid.spatial()),
+            Self::RandomSpaceTime { ratio } => check_ratio("ratio", *ratio),
+        }
+    }
+
+    /// The number of masked tokens per sample on `grid`.
+    pub fn num_masked(&self, grid: VideoGrid) -> Result<usize> {
+        self.validate(grid)?;
+        Ok(match self {
+            Self::Tube(s) => grid.frames * s.num_masked(grid.spatial())?,
+            Self::RandomSpaceTime { ratio } => count_for_ratio(*ratio, grid.len()),
+        })
+    }
+
+    /// Draws the masks of a batch of `batch` clips on `grid`; sample `i` uses its own stream
+    /// derived from `(key, i)`.
+    pub fn sample(
+        &self,
+        grid: VideoGrid,
+        batch: usize,
+        key: RngKey,
+        device: &Device,
+    ) -> Result<MaskIndices> {
+        self.validate(grid)?;
+        let masks = (0..batch)
+            .map(|i| {
+                let mut rng = key.rng(Domain::Mask, 0, i);
+                match self {
+                    Self::Tube(s) => {
+                        Ok(s.sample_one(grid.spatial(), &mut rng)?.repeat(grid.frames))
+                    }
+                    Self::RandomSpaceTime { ratio } => Ok(random_mask(
+                        grid.len(),
+                        count_for_ratio(*ratio, grid.len()),
+                        &mut rng,
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        MaskIndices::from_masks(masks, device)
+    }
+}
