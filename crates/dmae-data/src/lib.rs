@@ -1,1 +1,58 @@
-//! dmae-data: not yet implemented (see the issue tracker).
+//! Data pipeline of DiffMAE: datasets in the formats users already have, per-sample transforms, and a
+//! deterministic, parallel, prefetching loader that yields [`Batch`]es of `(N, C, H, W)` (or `(N, C, T, H, W)`)
+//! f32 images and `(N,)` u32 labels.
+//!
+//! ```no_run
+//! use dmae_data::{bundled_mnist, Loader, LoaderConfig, Split};
+//! let train = bundled_mnist(Split::Train)?;
+//! let loader = Loader::new(train, LoaderConfig { batch_size: 128, ..Default::default() })?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?; // batch.images: (128, 1, 28, 28) in [0, 1]
+//! }
+//! # Ok::<(), dmae_data::Error>(())
+//! ```
+//!
+//! Contents:
+//! - [`dataset`]: the [`Dataset`] trait, [`Sample`], [`Split`].
+//! - Formats: [`idx`] (IDX arrays), [`mnist`] ([`Mnist`]), [`cifar`] ([`Cifar`]), [`folder`] ([`ImageFolder`]),
+//!   [`frames`] ([`FrameFolder`] video clips), [`moving_mnist`] ([`MovingMnist`] generator), [`decode`] (image
+//!   files to planes).
+//! - [`bundled`]: the 10,000 real MNIST digits shipped in `datasets/mnist` ([`bundled_mnist`]).
+//! - [`transforms`]: resize, center crop, random resized crop, flip, normalize ([`Transform`], [`Compose`]).
+//! - [`loader`]: [`Loader`], [`LoaderConfig`], [`Epoch`], [`Batch`].
+//! - [`rng`]: the `(seed, epoch, index)` generators behind every random choice.
+//! - [`error`]: [`Error`], [`Result`].
+//!
+//! Bad input bytes never panic: they produce an [`Error`] naming the file and the offset or cause.
+
+#![warn(missing_docs)]
+
+pub mod bundled;
+pub mod cifar;
+pub mod dataset;
+pub mod decode;
+pub mod error;
+pub mod folder;
+pub mod frames;
+pub mod idx;
+pub mod loader;
+pub mod mnist;
+pub mod moving_mnist;
+pub mod rng;
+pub mod transforms;
+
+pub use bundled::{bundled_mnist, bundled_mnist_dir, datasets_dir, DATASETS_ENV};
+pub use cifar::{Cifar, CifarKind};
+pub use dataset::{Dataset, Sample, Split};
+pub use decode::Channels;
+pub use error::{Error, Result};
+pub use folder::ImageFolder;
+pub use frames::{FrameFolder, FrameFolderOptions, FrameSampling};
+pub use idx::{parse_idx, read_idx, IdxArray, IdxType};
+pub use loader::{Batch, Epoch, Loader, LoaderConfig, SkippedSample};
+pub use mnist::Mnist;
+pub use moving_mnist::{MovingMnist, MovingMnistConfig};
+pub use rng::SampleRng;
+pub use transforms::{
+    CenterCrop, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, Transform,
+};

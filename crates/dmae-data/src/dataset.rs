@@ -1,0 +1,239 @@
+//! The [`Dataset`] trait and the [`Sample`] it yields.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// One decoded sample: an image `(C, H, W)` or a clip `(C, T, H, W)` of f32 values, plus its class label.
+///
+/// Decoded pixels are in `[0, 1]`; [`crate::transforms::Normalize`] moves them out of that range. The layout is
+/// row-major in the order of [`Sample::shape`], so a sample is always `planes() = C * T` planes of `H x W`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    data: Vec<f32>,
+    shape: Vec<usize>,
+    label: u32,
+}
+
+impl Sample {
+    /// An image sample of shape `(channels, height, width)`; errors if `data` has the wrong length or a
+    /// dimension is zero.
+    pub fn image(
+        data: Vec<f32>,
+        channels: usize,
+        height: usize,
+        width: usize,
+        label: u32,
+    ) -> Result<Self> {
+        Self::new(data, vec![channels, height, width], label)
+    }
+
+    /// A video sample of shape `(channels, frames, height, width)`.
+    pub fn video(
+        data: Vec<f32>,
+        channels: usize,
+        frames: usize,
+        height: usize,
+        width: usize,
+        label: u32,
+    ) -> Result<Self> {
+        Self::new(data, vec![channels, frames, height, width], label)
+    }
+
+    fn new(data: Vec<f32>, shape: Vec<usize>, label: u32) -> Result<Self> {
+        if shape.contains(&0) {
+            return Err(Error::Config(format!(
+                "sample shape {shape:?} has a zero dimension"
+            )));
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| Error::Config(format!("sample shape {shape:?} overflows")))?;
+        if numel != data.len() {
+            return Err(Error::Config(format!(
+                "sample shape {shape:?} needs {numel} values, got {}",
+                data.len()
+            )));
+        }
+        Ok(Sample { data, shape, label })
+    }
+
+    /// A sample with the same channel/frame layout as `self` but new spatial size and pixels.
+    pub(crate) fn with_spatial(&self, data: Vec<f32>, height: usize, width: usize) -> Result<Self> {
+        let mut shape = self.shape.clone();
+        let n = shape.len();
+        shape[n - 2] = height;
+        shape[n - 1] = width;
+        Self::new(data, shape, self.label)
+    }
+
+    /// The shape: `[C, H, W]` for images, `[C, T, H, W]` for video.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// True for `(C, T, H, W)` samples.
+    pub fn is_video(&self) -> bool {
+        self.shape.len() == 4
+    }
+
+    /// Number of channels `C`.
+    pub fn channels(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// Number of frames `T` (1 for images).
+    pub fn frames(&self) -> usize {
+        if self.is_video() {
+            self.shape[1]
+        } else {
+            1
+        }
+    }
+
+    /// Height `H`.
+    pub fn height(&self) -> usize {
+        self.shape[self.shape.len() - 2]
+    }
+
+    /// Width `W`.
+    pub fn width(&self) -> usize {
+        self.shape[self.shape.len() - 1]
+    }
+
+    /// Number of `H x W` planes, `C * T`.
+    pub fn planes(&self) -> usize {
+        self.channels() * self.frames()
+    }
+
+    /// The class label.
+    pub fn label(&self) -> u32 {
+        self.label
+    }
+
+    /// The pixels, row-major in the order of [`Sample::shape`].
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Mutable pixels (the shape cannot change through this).
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// Splits the sample into (pixels, shape, label).
+    pub fn into_parts(self) -> (Vec<f32>, Vec<usize>, u32) {
+        (self.data, self.shape, self.label)
+    }
+
+    /// The pixels as an f32 tensor of [`Sample::shape`] on `device`.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            &self.data,
+            self.shape.as_slice(),
+            device,
+        )?)
+    }
+}
+
+/// A finite, indexable collection of labelled samples.
+///
+/// Implementations must be cheap to share across threads: the loader calls [`Dataset::get`] from rayon workers.
+/// `get` must be deterministic (same index, same sample); randomness belongs in transforms.
+pub trait Dataset: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// True when the dataset holds no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class names, indexed by label.
+    fn classes(&self) -> &[String];
+
+    /// Number of classes (labels are in `0..num_classes()`).
+    fn num_classes(&self) -> usize {
+        self.classes().len()
+    }
+
+    /// Decodes sample `index`; errors (never panics) on bad input data or an out-of-range index.
+    fn get(&self, index: usize) -> Result<Sample>;
+}
+
+impl<D: Dataset + ?Sized> Dataset for Arc<D> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn classes(&self) -> &[String] {
+        (**self).classes()
+    }
+    fn get(&self, index: usize) -> Result<Sample> {
+        (**self).get(index)
+    }
+}
+
+impl<D: Dataset + ?Sized> Dataset for Box<D> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn classes(&self) -> &[String] {
+        (**self).classes()
+    }
+    fn get(&self, index: usize) -> Result<Sample> {
+        (**self).get(index)
+    }
+}
+
+/// Errors with [`Error::IndexOutOfRange`] unless `index < len`.
+pub(crate) fn check_index(index: usize, len: usize) -> Result<()> {
+    if index < len {
+        Ok(())
+    } else {
+        Err(Error::IndexOutOfRange { index, len })
+    }
+}
+
+/// Class names `"0"`, `"1"`, ... for datasets whose classes are plain numbers.
+pub(crate) fn numbered_classes(n: usize) -> Vec<String> {
+    (0..n).map(|i| i.to_string()).collect()
+}
+
+/// Which part of a dataset to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Split {
+    /// Training data.
+    Train,
+    /// Held-out validation data (the bundled MNIST's 2,000 digits).
+    Val,
+    /// The official test set (MNIST `t10k-*`, CIFAR `test_batch.bin` / `test.bin`).
+    Test,
+}
+
+impl std::str::FromStr for Split {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "train" => Ok(Split::Train),
+            "val" | "valid" | "validation" => Ok(Split::Val),
+            "test" => Ok(Split::Test),
+            _ => Err(Error::Config(format!(
+                "unknown split {s:?} (expected train, val or test)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        })
+    }
+}
