@@ -10,6 +10,8 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// dmae-core ops, forward + backward, against the stock candle composition.
+    Ops(crate::bench_ops::OpsArgs),
     /// Data pipeline throughput (dmae-data).
     Data(crate::bench_data::DataBenchArgs),
 }
@@ -17,5 +19,6 @@ enum BenchCommand {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Data(a) => crate::bench_data::run(a),
+        BenchCommand::Ops(a) => crate::bench_ops::run(a),
     }
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_data;
+mod bench_ops;
 mod cuda_toolkit;
 mod data;
 
@@ -31,5 +32,17 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::CudaToolkit(args) => cuda_toolkit::run(args),
         Command::Data(args) => data::run(args),
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:i`.
+pub(crate) fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
+    match spec {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "cuda" => Ok(candle_core::Device::new_cuda(0)?),
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(candle_core::Device::new_cuda(i)?),
+            _ => anyhow::bail!("--device: expected cpu, cuda or cuda:<index>, got {s:?}"),
+        },
     }
 }

@@ -165,7 +165,7 @@ struct Views<'a, T> {
 
 impl<T: Real> Views<'_, T> {
     /// Attention probabilities of query row `i` of batch `n`, head `h`, into `p` (length Lk).
-    #[inline]
+    #[inline(always)]
     fn probs(&self, dims: &AttnDims, scale: T, n: usize, h: usize, i: usize, p: &mut [T]) {
         let (q, qv) = self.q;
         let (k, kv) = self.k;
@@ -185,25 +185,30 @@ impl<T: Real> Views<'_, T> {
 }
 
 fn forward<T: Real>(x: &Views<T>, dims: AttnDims, scale: f64) -> Vec<T> {
-    let AttnDims { h, lq, lk, dv, .. } = dims;
-    let scale = cpu::c::<T>(scale);
-    let (v, vv) = x.v;
+    let AttnDims { h, lq, dv, .. } = dims;
     let mut out = vec![T::zero(); dims.n * lq * h * dv];
     out.par_chunks_mut(lq * h * dv)
         .enumerate()
-        .for_each(|(n, out)| {
-            let mut p = vec![T::zero(); lk];
-            for hh in 0..h {
-                for i in 0..lq {
-                    x.probs(&dims, scale, n, hh, i, &mut p);
-                    let o = &mut out[(i * h + hh) * dv..][..dv];
-                    for (j, &pj) in p.iter().enumerate() {
-                        cpu::axpy(pj, &v[vv.at(n, j, hh)..][..dv], o);
-                    }
+        .for_each(|(n, out)| forward_sample(x, &dims, cpu::c(scale), n, out));
+    out
+}
+
+cpu::multiversion! {
+    /// Output rows of batch element `n`, all heads.
+    fn forward_sample<T: Real>(x: &Views<'_, T>, dims: &AttnDims, scale: T, n: usize, out: &mut [T]) {
+        let AttnDims { h, lq, lk, dv, .. } = *dims;
+        let (v, vv) = x.v;
+        let mut p = vec![T::zero(); lk];
+        for hh in 0..h {
+            for i in 0..lq {
+                x.probs(dims, scale, n, hh, i, &mut p);
+                let o = &mut out[(i * h + hh) * dv..][..dv];
+                for (j, &pj) in p.iter().enumerate() {
+                    cpu::axpy(pj, &v[vv.at(n, j, hh)..][..dv], o);
                 }
             }
-        });
-    out
+        }
+    }
 }
 
 /// With `P` the probabilities, `dO` the output gradient and `dP = dO V^T`:
@@ -217,8 +222,6 @@ fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [V
         d,
         dv,
     } = dims;
-    let sc = cpu::c::<T>(scale);
-    let ((q, qv), (k, kv), (v, vv)) = (x.q, x.k, x.v);
     let mut dq = vec![T::zero(); n * lq * h * d];
     let mut dk = vec![T::zero(); n * lk * h * d];
     let mut dvv = vec![T::zero(); n * lk * h * dv];
@@ -227,30 +230,47 @@ fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [V
         .zip(dvv.par_chunks_mut(lk * h * dv))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvb))| {
-            let mut p = vec![T::zero(); lk];
-            let mut ds = vec![T::zero(); lk];
-            for hh in 0..h {
-                for i in 0..lq {
-                    x.probs(&dims, sc, b, hh, i, &mut p);
-                    let doi = &dout[((b * lq + i) * h + hh) * dv..][..dv];
-                    let mut delta = T::zero();
-                    for j in 0..lk {
-                        let dpj = cpu::dot(doi, &v[vv.at(b, j, hh)..][..dv]);
-                        ds[j] = dpj;
-                        delta = delta + p[j] * dpj;
-                    }
-                    let qi = &q[qv.at(b, i, hh)..][..d];
-                    let dqi = &mut dq[(i * h + hh) * d..][..d];
-                    for j in 0..lk {
-                        let dsj = p[j] * (ds[j] - delta) * sc;
-                        cpu::axpy(dsj, &k[kv.at(b, j, hh)..][..d], dqi);
-                        cpu::axpy(dsj, qi, &mut dk[(j * h + hh) * d..][..d]);
-                        cpu::axpy(p[j], doi, &mut dvb[(j * h + hh) * dv..][..dv]);
-                    }
-                }
-            }
+            backward_sample(x, dout, &dims, cpu::c(scale), b, dq, dk, dvb)
         });
     [dq, dk, dvv]
+}
+
+cpu::multiversion! {
+    /// Gradients of batch element `b`, all heads.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_sample<T: Real>(
+        x: &Views<'_, T>,
+        dout: &[T],
+        dims: &AttnDims,
+        sc: T,
+        b: usize,
+        dq: &mut [T],
+        dk: &mut [T],
+        dvb: &mut [T],
+    ) {
+        let AttnDims { h, lq, lk, d, dv, .. } = *dims;
+        let ((q, qv), (k, kv), (v, vv)) = (x.q, x.k, x.v);
+        let mut p = vec![T::zero(); lk];
+        let mut ds = vec![T::zero(); lk];
+        for hh in 0..h {
+            for i in 0..lq {
+                x.probs(dims, sc, b, hh, i, &mut p);
+                let doi = &dout[((b * lq + i) * h + hh) * dv..][..dv];
+                for j in 0..lk {
+                    ds[j] = cpu::dot(doi, &v[vv.at(b, j, hh)..][..dv]);
+                }
+                let delta = cpu::dot(&p, &ds);
+                let qi = &q[qv.at(b, i, hh)..][..d];
+                let dqi = &mut dq[(i * h + hh) * d..][..d];
+                for j in 0..lk {
+                    let dsj = p[j] * (ds[j] - delta) * sc;
+                    cpu::axpy(dsj, &k[kv.at(b, j, hh)..][..d], dqi);
+                    cpu::axpy(dsj, qi, &mut dk[(j * h + hh) * d..][..d]);
+                    cpu::axpy(p[j], doi, &mut dvb[(j * h + hh) * dv..][..dv]);
+                }
+            }
+        }
+    }
 }
 
 impl Attention {

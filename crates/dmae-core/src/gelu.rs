@@ -32,34 +32,59 @@ const INV_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 const TANH_C: f64 = 0.044_715;
 
-#[inline]
+/// `tanh(u) = 1 - 2 / (exp(2u) + 1)`, through the vectorisable `exp`; saturates correctly at +-inf.
+#[inline(always)]
+fn tanh<T: Real>(u: T) -> T {
+    T::one() - cpu::c::<T>(2.0) / ((u + u).exp_fast() + T::one())
+}
+
+#[inline(always)]
 fn value<T: Real>(kind: Gelu, x: T) -> T {
     let half = cpu::c::<T>(0.5);
     match kind {
-        Gelu::Erf => half * x * (T::one() + (x * cpu::c(INV_SQRT_2)).erf()),
+        Gelu::Erf => half * x * (T::one() + (x * cpu::c(INV_SQRT_2)).erf_fast()),
         Gelu::Tanh => {
             let u = cpu::c::<T>(SQRT_2_OVER_PI) * (x + cpu::c::<T>(TANH_C) * x * x * x);
-            half * x * (T::one() + u.tanh())
+            half * x * (T::one() + tanh(u))
         }
     }
 }
 
 /// d gelu / dx.
-#[inline]
+#[inline(always)]
 fn derivative<T: Real>(kind: Gelu, x: T) -> T {
     let half = cpu::c::<T>(0.5);
     match kind {
         // Phi(x) + x * phi(x)
         Gelu::Erf => {
-            half * (T::one() + (x * cpu::c(INV_SQRT_2)).erf())
-                + x * cpu::c::<T>(INV_SQRT_2PI) * (-half * x * x).exp()
+            half * (T::one() + (x * cpu::c(INV_SQRT_2)).erf_fast())
+                + x * cpu::c::<T>(INV_SQRT_2PI) * (-half * x * x).exp_fast()
         }
         Gelu::Tanh => {
             let k = cpu::c::<T>(SQRT_2_OVER_PI);
             let tc = cpu::c::<T>(TANH_C);
-            let t = (k * (x + tc * x * x * x)).tanh();
+            let t = tanh(k * (x + tc * x * x * x));
             half * (T::one() + t)
                 + half * x * (T::one() - t * t) * k * (T::one() + cpu::c::<T>(3.0) * tc * x * x)
+        }
+    }
+}
+
+cpu::multiversion! {
+    fn forward_chunk<T: Real>(kind: Gelu, x: &mut [T]) {
+        // One loop per form, so each is a straight vectorisable loop.
+        match kind {
+            Gelu::Erf => x.iter_mut().for_each(|v| *v = value(Gelu::Erf, *v)),
+            Gelu::Tanh => x.iter_mut().for_each(|v| *v = value(Gelu::Tanh, *v)),
+        }
+    }
+}
+
+cpu::multiversion! {
+    fn backward_chunk<T: Real>(kind: Gelu, x: &[T], g: &mut [T]) {
+        match kind {
+            Gelu::Erf => g.iter_mut().zip(x).for_each(|(g, &x)| *g = *g * derivative(Gelu::Erf, x)),
+            Gelu::Tanh => g.iter_mut().zip(x).for_each(|(g, &x)| *g = *g * derivative(Gelu::Tanh, x)),
         }
     }
 }
@@ -72,8 +97,7 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         fn run<T: Real>(kind: Gelu, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
             let mut y = cpu::slice::<T>(s, l, OP)?.to_vec();
-            y.par_chunks_mut(CHUNK)
-                .for_each(|c| c.iter_mut().for_each(|v| *v = value(kind, *v)));
+            y.par_chunks_mut(CHUNK).for_each(|c| forward_chunk(kind, c));
             Ok(T::to_cpu_storage_owned(y))
         }
         Ok((
@@ -109,11 +133,7 @@ impl CustomOp1 for GeluOp {
                     let mut dx = cpu::slice::<T>(gs, gl, OP)?.to_vec();
                     dx.par_chunks_mut(CHUNK)
                         .zip(x.par_chunks(CHUNK))
-                        .for_each(|(dx, x)| {
-                            for (g, &x) in dx.iter_mut().zip(x) {
-                                *g = *g * derivative(kind, x);
-                            }
-                        });
+                        .for_each(|(dx, x)| backward_chunk(kind, x, dx));
                     Ok(cpu::tensor(dx, xl.shape()))
                 }
                 cpu::dispatch_float!(OP, xs, run(self.0, xs, xl, gs, gl))?

@@ -62,24 +62,33 @@ fn forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let block = cpu::rows_per_task(d) * d;
     y.par_chunks_mut(block)
         .zip(x.par_chunks(block))
-        .for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let (mean, rstd) = stats(x, eps);
-                for i in 0..d {
-                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                }
-            }
-        });
+        .for_each(|(y, x)| forward_rows(x, y, w, b, eps));
     y
 }
 
-/// Row mean and 1/sqrt(var + eps), two-pass for accuracy.
-#[inline]
-fn stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
+cpu::multiversion! {
+    fn forward_rows<T: Real>(x: &[T], y: &mut [T], w: &[T], b: &[T], eps: f64) {
+        let d = w.len();
+        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            // y holds x - mean first, so the variance is a vectorised dot product.
+            let rstd = center(x, y, eps);
+            for i in 0..d {
+                y[i] = y[i] * rstd * w[i] + b[i];
+            }
+        }
+    }
+}
+
+/// Writes `x - mean(x)` into `xc` and returns `1 / sqrt(var(x) + eps)` (two-pass, for accuracy).
+#[inline(always)]
+fn center<T: Real>(x: &[T], xc: &mut [T], eps: f64) -> T {
     let n = cpu::c::<T>(x.len() as f64);
-    let mean = x.iter().copied().sum::<T>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
-    (mean, (var + cpu::c(eps)).sqrt().recip())
+    let mean = cpu::sum(x) / n;
+    for (c, &v) in xc.iter_mut().zip(x) {
+        *c = v - mean;
+    }
+    let var = cpu::dot(xc, xc) / n;
+    (var + cpu::c(eps)).sqrt().recip()
 }
 
 /// Gradients of layer norm. With `xh = (x - mean) * rstd` and `g = dy * w`:
@@ -97,28 +106,7 @@ fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, V
         .map(|((dx, x), dy)| {
             let mut dw = vec![T::zero(); d];
             let mut db = vec![T::zero(); d];
-            let mut xh = vec![T::zero(); d];
-            let n = cpu::c::<T>(d as f64);
-            for ((dx, x), dy) in dx
-                .chunks_exact_mut(d)
-                .zip(x.chunks_exact(d))
-                .zip(dy.chunks_exact(d))
-            {
-                let (mean, rstd) = stats(x, eps);
-                let (mut sum_g, mut sum_gxh) = (T::zero(), T::zero());
-                for i in 0..d {
-                    xh[i] = (x[i] - mean) * rstd;
-                    let g = dy[i] * w[i];
-                    sum_g = sum_g + g;
-                    sum_gxh = sum_gxh + g * xh[i];
-                    dw[i] = dw[i] + dy[i] * xh[i];
-                    db[i] = db[i] + dy[i];
-                }
-                let (mg, mgxh) = (sum_g / n, sum_gxh / n);
-                for i in 0..d {
-                    dx[i] = rstd * (dy[i] * w[i] - mg - xh[i] * mgxh);
-                }
-            }
+            backward_rows(x, dy, w, dx, &mut dw, &mut db, eps);
             (dw, db)
         })
         .collect();
@@ -129,6 +117,37 @@ fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, V
         cpu::axpy(T::one(), &pb, &mut db);
     }
     (dx, dw, db)
+}
+
+cpu::multiversion! {
+    fn backward_rows<T: Real>(
+        x: &[T],
+        dy: &[T],
+        w: &[T],
+        dx: &mut [T],
+        dw: &mut [T],
+        db: &mut [T],
+        eps: f64,
+    ) {
+        let d = w.len();
+        let n = cpu::c::<T>(d as f64);
+        let mut xh = vec![T::zero(); d];
+        let mut g = vec![T::zero(); d];
+        for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+            let rstd = center(x, &mut xh, eps);
+            for i in 0..d {
+                xh[i] = xh[i] * rstd;
+                g[i] = dy[i] * w[i];
+                dw[i] = dw[i] + dy[i] * xh[i];
+                db[i] = db[i] + dy[i];
+            }
+            let mg = cpu::sum(&g) / n;
+            let mgxh = cpu::dot(&g, &xh) / n;
+            for i in 0..d {
+                dx[i] = rstd * (g[i] - mg - xh[i] * mgxh);
+            }
+        }
+    }
 }
 
 impl CustomOp3 for LayerNorm {

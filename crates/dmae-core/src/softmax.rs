@@ -29,30 +29,31 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 struct Softmax;
 
 /// Numerically stable softmax of one row, in place: subtract the max before `exp`.
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_row<T: Real>(row: &mut [T]) {
-    let max = row
-        .iter()
-        .copied()
-        .fold(T::neg_infinity(), num_traits::Float::max);
+    let max = cpu::max(row);
     if max == T::neg_infinity() {
         row.iter_mut().for_each(|v| *v = T::zero());
         return;
     }
-    let mut sum = T::zero();
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum = sum + *v;
+        *v = (*v - max).exp_fast();
     }
-    let inv = sum.recip();
+    let inv = cpu::sum(row).recip();
     row.iter_mut().for_each(|v| *v = *v * inv);
 }
 
 fn forward<T: Real>(x: &[T], d: usize) -> Vec<T> {
     let mut y = x.to_vec();
     y.par_chunks_mut(cpu::rows_per_task(d) * d)
-        .for_each(|rows| rows.chunks_exact_mut(d).for_each(softmax_row));
+        .for_each(|rows| forward_rows(rows, d));
     y
+}
+
+cpu::multiversion! {
+    fn forward_rows<T: Real>(rows: &mut [T], d: usize) {
+        rows.chunks_exact_mut(d).for_each(softmax_row);
+    }
 }
 
 fn backward<T: Real>(y: &[T], dy: &[T], d: usize) -> Vec<T> {
@@ -60,19 +61,19 @@ fn backward<T: Real>(y: &[T], dy: &[T], d: usize) -> Vec<T> {
     let block = cpu::rows_per_task(d) * d;
     dx.par_chunks_mut(block)
         .zip(y.par_chunks(block).zip(dy.par_chunks(block)))
-        .for_each(|(dx, (y, dy))| {
-            for ((dx, y), dy) in dx
-                .chunks_exact_mut(d)
-                .zip(y.chunks_exact(d))
-                .zip(dy.chunks_exact(d))
-            {
-                let s = cpu::dot(y, dy);
-                for i in 0..d {
-                    dx[i] = y[i] * (dy[i] - s);
-                }
-            }
-        });
+        .for_each(|(dx, (y, dy))| backward_rows(dx, y, dy, d));
     dx
+}
+
+cpu::multiversion! {
+    fn backward_rows<T: Real>(dx: &mut [T], y: &[T], dy: &[T], d: usize) {
+        for ((dx, y), dy) in dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+            let s = cpu::dot(y, dy);
+            for i in 0..d {
+                dx[i] = y[i] * (dy[i] - s);
+            }
+        }
+    }
 }
 
 impl CustomOp1 for Softmax {
