@@ -9,7 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ENV_VARS: [&str; 5] = ["NVCC", "CUDA_ROOT", "CUDA_PATH", "CUDA_HOME", "CUDA_COMPUTE_CAP"];
+const ENV_VARS: [&str; 5] = [
+    "NVCC",
+    "CUDA_ROOT",
+    "CUDA_PATH",
+    "CUDA_HOME",
+    "CUDA_COMPUTE_CAP",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -37,8 +43,14 @@ fn main() {
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
     }
-    for src in sources.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")) {
-        let stem = src.file_stem().expect("a .cu file has a stem").to_string_lossy();
+    for src in sources
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+    {
+        let stem = src
+            .file_stem()
+            .expect("a .cu file has a stem")
+            .to_string_lossy();
         let ptx = out.join(format!("{stem}.ptx"));
         let mut cmd = Command::new(&nvcc);
         cmd.arg("--ptx")
@@ -50,7 +62,9 @@ fn main() {
             .arg("-o")
             .arg(&ptx)
             .arg(src);
-        let status = cmd.status().unwrap_or_else(|e| missing_nvcc(&nvcc, &e.to_string()));
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| missing_nvcc(&nvcc, &e.to_string()));
         if !status.success() {
             panic!("nvcc failed ({status}) on {}: {cmd:?}", src.display());
         }

@@ -33,7 +33,7 @@ pub(crate) fn moments_to_tensors(mo: &CudaMoments) -> Result<(Tensor, Tensor)> {
         let c = mo.dev.cuda_stream().clone_dtod(s).w()?;
         let st = wrap(c, &mo.dev);
         // The buffer may hold one element more than n when n == 0; narrow to the real length.
-        Ok(tensor(st, s.len()).narrow(0, 0, mo.n)?)
+        tensor(st, s.len()).narrow(0, 0, mo.n)
     };
     Ok((copy(&mo.m)?, copy(&mo.v)?))
 }
@@ -42,7 +42,11 @@ pub(crate) fn moments_to_tensors(mo: &CudaMoments) -> Result<(Tensor, Tensor)> {
 pub(crate) fn moments_from_tensors(m: &Tensor, v: &Tensor) -> Result<CudaMoments> {
     let n = m.elem_count();
     if v.elem_count() != n {
-        candle_core::bail!("{OP}: moments m and v have {} and {} elements", n, v.elem_count());
+        candle_core::bail!(
+            "{OP}: moments m and v have {} and {} elements",
+            n,
+            v.elem_count()
+        );
     }
     let copy = |t: &Tensor| -> Result<(CudaSlice<f32>, CudaDevice)> {
         let t = t.contiguous()?;
@@ -60,7 +64,12 @@ pub(crate) fn moments_from_tensors(m: &Tensor, v: &Tensor) -> Result<CudaMoments
     };
     let (mm, dev) = copy(m)?;
     let (vv, _) = copy(v)?;
-    Ok(CudaMoments { m: mm, v: vv, n, dev })
+    Ok(CudaMoments {
+        m: mm,
+        v: vv,
+        n,
+        dev,
+    })
 }
 
 /// One AdamW step of `n` f32 parameters from `p_off` with gradients from `g_off`, in place; the
@@ -84,7 +93,9 @@ pub(crate) fn adamw_step(
     let gv = view::<f32>(g, g_off, n, OP)?;
     let ps = p.as_cuda_slice_mut::<f32>()?;
     if p_off + n > ps.len() {
-        candle_core::bail!("{OP}: internal error: parameter of {n} from {p_off} exceeds its buffer");
+        candle_core::bail!(
+            "{OP}: internal error: parameter of {n} from {p_off} exceeds its buffer"
+        );
     }
     let mut pv = ps.slice_mut(p_off..p_off + n);
     // The same f32 operations as update_cpu, so the kernel sees the same constants.
@@ -95,8 +106,17 @@ pub(crate) fn adamw_step(
     let f = load(&dev, &ADAMW, "adamw_step_f32")?;
     let stream = dev.cuda_stream();
     let mut lb = stream.launch_builder(&f);
-    lb.arg(&mut pv).arg(&gv).arg(&mut mo.m).arg(&mut mo.v).arg(&n_);
-    lb.arg(&decay).arg(&step).arg(&inv_sqrt_bc2).arg(&h.beta1).arg(&h.beta2).arg(&h.eps);
+    lb.arg(&mut pv)
+        .arg(&gv)
+        .arg(&mut mo.m)
+        .arg(&mut mo.v)
+        .arg(&n_);
+    lb.arg(&decay)
+        .arg(&step)
+        .arg(&inv_sqrt_bc2)
+        .arg(&h.beta1)
+        .arg(&h.beta2)
+        .arg(&h.eps);
     // SAFETY: arguments match adamw_step_f32's signature in adamw.cu; every buffer holds n floats.
     unsafe { lb.launch(cfg_elems(n)) }.w()?;
     Ok(())

@@ -34,7 +34,14 @@ struct Scalars {
 }
 
 impl Scalars {
-    fn new(dims: &AttnDims, q: &Strided4, k: &Strided4, v: &Strided4, m: Option<&Strided4>, scale: f32) -> Self {
+    fn new(
+        dims: &AttnDims,
+        q: &Strided4,
+        k: &Strided4,
+        v: &Strided4,
+        m: Option<&Strided4>,
+        scale: f32,
+    ) -> Self {
         let u = |x: usize| x as u64;
         let ms = m.map_or([0; 4], |m| m.stride);
         Self {
@@ -82,14 +89,29 @@ fn inputs<'a, T: Float>(
     v: View4<'a>,
     mask: Option<View4<'a>>,
     dims: &AttnDims,
-) -> Result<(CudaView<'a, T>, CudaView<'a, T>, CudaView<'a, T>, Option<CudaView<'a, T>>)> {
-    let AttnDims { n, h, lq, lk, d, dv } = *dims;
+) -> Result<(
+    CudaView<'a, T>,
+    CudaView<'a, T>,
+    CudaView<'a, T>,
+    Option<CudaView<'a, T>>,
+)> {
+    let AttnDims {
+        n,
+        h,
+        lq,
+        lk,
+        d,
+        dv,
+    } = *dims;
     if d > ATTN_MAXD || dv > ATTN_MAXD {
         candle_core::bail!("{OP}: head dims up to {ATTN_MAXD} on CUDA, got D = {d}, Dv = {dv}");
     }
     for (name, s) in [("q", &q.1), ("k", &k.1), ("v", &v.1)] {
         if s.stride[3] != 1 {
-            candle_core::bail!("{OP}: internal error: {name} must have a unit last stride, got {:?}", s.stride);
+            candle_core::bail!(
+                "{OP}: internal error: {name} must have a unit last stride, got {:?}",
+                s.stride
+            );
         }
     }
     let qv = view::<T>(q.0, q.1.offset, extent(&q.1, [n, lq, h, d]), OP)?;
@@ -99,7 +121,11 @@ fn inputs<'a, T: Float>(
         None => None,
         Some((s, m)) => {
             if s.dtype() != q.0.dtype() {
-                candle_core::bail!("{OP}: mask dtype {:?} differs from q's {:?}", s.dtype(), q.0.dtype());
+                candle_core::bail!(
+                    "{OP}: mask dtype {:?} differs from q's {:?}",
+                    s.dtype(),
+                    q.0.dtype()
+                );
             }
             Some(view::<T>(s, m.offset, extent(&m, [n, h, lq, lk]), OP)?)
         }
@@ -132,7 +158,11 @@ pub(crate) fn attention_fwd(
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
         // Without a mask the kernel never reads the mask pointer; q stands in for it.
-        lb.arg(&qv).arg(&kv).arg(&vv).arg(mv.as_ref().unwrap_or(&qv)).arg(&mut out);
+        lb.arg(&qv)
+            .arg(&kv)
+            .arg(&vv)
+            .arg(mv.as_ref().unwrap_or(&qv))
+            .arg(&mut out);
         sc.push(&mut lb);
         // SAFETY: arguments match attention_fwd's signature in attention.cu (ATTN_DIMS), the views
         // cover every element the strides reach, and D, Dv <= MAXD.
@@ -162,7 +192,14 @@ pub(crate) fn attention_bwd(
         scale: f32,
     ) -> Result<[CudaStorage; 3]> {
         let dev = &q.0.device;
-        let AttnDims { n, h, lq, lk, d, dv } = *dims;
+        let AttnDims {
+            n,
+            h,
+            lq,
+            lk,
+            d,
+            dv,
+        } = *dims;
         let (qv, kv, vv, mv) = inputs::<T>(q, k, v, mask, dims)?;
         let sc = Scalars::new(dims, &q.1, &k.1, &v.1, mask.as_ref().map(|m| &m.1), scale);
         let qrows = n * h * lq;
@@ -177,7 +214,13 @@ pub(crate) fn attention_bwd(
         {
             let f = load(dev, &ATTENTION, &format!("attention_bwd_q_{}", T::NAME))?;
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&qv).arg(&kv).arg(&vv).arg(mv).arg(&gv).arg(&mut dq).arg(&mut stats);
+            lb.arg(&qv)
+                .arg(&kv)
+                .arg(&vv)
+                .arg(mv)
+                .arg(&gv)
+                .arg(&mut dq)
+                .arg(&mut stats);
             sc.push(&mut lb);
             // SAFETY: arguments match attention_bwd_q's signature in attention.cu.
             unsafe { lb.launch(cfg(qrows)) }.w()?;
@@ -185,7 +228,14 @@ pub(crate) fn attention_bwd(
         {
             let f = load(dev, &ATTENTION, &format!("attention_bwd_kv_{}", T::NAME))?;
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&qv).arg(&kv).arg(&vv).arg(mv).arg(&gv).arg(&stats).arg(&mut dk).arg(&mut dvv);
+            lb.arg(&qv)
+                .arg(&kv)
+                .arg(&vv)
+                .arg(mv)
+                .arg(&gv)
+                .arg(&stats)
+                .arg(&mut dk)
+                .arg(&mut dvv);
             sc.push(&mut lb);
             // SAFETY: arguments match attention_bwd_kv's signature in attention.cu; it reads the
             // statistics attention_bwd_q wrote (same stream, so in order).

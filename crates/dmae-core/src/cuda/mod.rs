@@ -16,7 +16,7 @@ use candle_core::cuda::cudarc::driver::{
 };
 use candle_core::cuda::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
-use candle_core::{CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
+use candle_core::{CudaDevice, CudaStorage, Result, Shape, Storage, Tensor};
 use half::{bf16, f16};
 
 use crate::gelu::Gelu;
@@ -71,9 +71,9 @@ impl Float for f16 {
 macro_rules! dispatch_float {
     ($op:expr, $dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
         match $dtype {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::BF16 => $f::<bf16>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
+            candle_core::DType::F32 => $f::<f32>($($arg),*),
+            candle_core::DType::BF16 => $f::<half::bf16>($($arg),*),
+            candle_core::DType::F16 => $f::<half::f16>($($arg),*),
             other => candle_core::bail!("{}: unsupported dtype {:?} on CUDA (f32, bf16 or f16)", $op, other),
         }
     };
@@ -84,13 +84,13 @@ macro_rules! dispatch_float {
 macro_rules! dispatch_copy {
     ($op:expr, $dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
         match $dtype {
-            DType::U8 => $f::<u8>($($arg),*),
-            DType::U32 => $f::<u32>($($arg),*),
-            DType::I64 => $f::<i64>($($arg),*),
-            DType::BF16 => $f::<bf16>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::F64 => $f::<f64>($($arg),*),
+            candle_core::DType::U8 => $f::<u8>($($arg),*),
+            candle_core::DType::U32 => $f::<u32>($($arg),*),
+            candle_core::DType::I64 => $f::<i64>($($arg),*),
+            candle_core::DType::BF16 => $f::<half::bf16>($($arg),*),
+            candle_core::DType::F16 => $f::<half::f16>($($arg),*),
+            candle_core::DType::F32 => $f::<f32>($($arg),*),
+            candle_core::DType::F64 => $f::<f64>($($arg),*),
             other => candle_core::bail!("{}: unsupported dtype {:?} on CUDA", $op, other),
         }
     };
@@ -107,7 +107,9 @@ fn bits<T>() -> &'static str {
 }
 
 fn load(dev: &CudaDevice, m: &Module, name: &str) -> Result<CudaFunction> {
-    Ok(dev.get_or_load_custom_func(name, m.0, m.1)?.into_cuda_function())
+    Ok(dev
+        .get_or_load_custom_func(name, m.0, m.1)?
+        .into_cuda_function())
 }
 
 /// An uninitialised device buffer of `n` elements (at least one: CUDA rejects empty allocations).
@@ -206,13 +208,23 @@ pub(crate) fn layer_norm_fwd(
             let stream = dev.cuda_stream();
             let (r, c) = (rows as u64, cols as u64);
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&xv).arg(&wv).arg(&bv).arg(&mut y).arg(&r).arg(&c).arg(&eps);
+            lb.arg(&xv)
+                .arg(&wv)
+                .arg(&bv)
+                .arg(&mut y)
+                .arg(&r)
+                .arg(&c)
+                .arg(&eps);
             // SAFETY: arguments match layer_norm_fwd's signature in layer_norm.cu.
             unsafe { lb.launch(cfg_rows(rows, cols)) }.w()?;
         }
         Ok(wrap(y, dev))
     }
-    dispatch_float!(LN, x.dtype(), run(x, x_off, w, w_off, b, b_off, rows, cols, eps))
+    dispatch_float!(
+        LN,
+        x.dtype(),
+        run(x, x_off, w, w_off, b, b_off, rows, cols, eps)
+    )
 }
 
 /// Rows per chunk of the deterministic dw/db reduction: at most 1024 chunks, at least 32 rows each.
@@ -252,7 +264,11 @@ pub(crate) fn layer_norm_bwd(
         let mut dx = alloc::<T>(dev, n)?;
         if n == 0 {
             // No rows: dw and db are sums over nothing.
-            return Ok([wrap(dx, dev), wrap(zeros::<T>(dev, cols)?, dev), wrap(zeros::<T>(dev, cols)?, dev)]);
+            return Ok([
+                wrap(dx, dev),
+                wrap(zeros::<T>(dev, cols)?, dev),
+                wrap(zeros::<T>(dev, cols)?, dev),
+            ]);
         }
         let mut dw = alloc::<T>(dev, cols)?;
         let mut db = alloc::<T>(dev, cols)?;
@@ -266,12 +282,23 @@ pub(crate) fn layer_norm_bwd(
         {
             let f = load(dev, &LAYER_NORM, &format!("layer_norm_bwd_dx_{}", T::NAME))?;
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&xv).arg(&wv).arg(&gv).arg(&mut dx).arg(&mut stats).arg(&r).arg(&c).arg(&eps);
+            lb.arg(&xv)
+                .arg(&wv)
+                .arg(&gv)
+                .arg(&mut dx)
+                .arg(&mut stats)
+                .arg(&r)
+                .arg(&c)
+                .arg(&eps);
             // SAFETY: arguments match layer_norm_bwd_dx's signature in layer_norm.cu.
             unsafe { lb.launch(cfg_rows(rows, cols)) }.w()?;
         }
         {
-            let f = load(dev, &LAYER_NORM, &format!("layer_norm_bwd_partial_{}", T::NAME))?;
+            let f = load(
+                dev,
+                &LAYER_NORM,
+                &format!("layer_norm_bwd_partial_{}", T::NAME),
+            )?;
             let mut lb = stream.launch_builder(&f);
             lb.arg(&xv).arg(&gv).arg(&stats).arg(&mut pw).arg(&mut pb);
             lb.arg(&r).arg(&c).arg(&rpc_);
@@ -285,15 +312,28 @@ pub(crate) fn layer_norm_bwd(
             unsafe { lb.launch(cfg) }.w()?;
         }
         {
-            let f = load(dev, &LAYER_NORM, &format!("layer_norm_bwd_final_{}", T::NAME))?;
+            let f = load(
+                dev,
+                &LAYER_NORM,
+                &format!("layer_norm_bwd_final_{}", T::NAME),
+            )?;
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&pw).arg(&pb).arg(&mut dw).arg(&mut db).arg(&chunks_).arg(&c);
+            lb.arg(&pw)
+                .arg(&pb)
+                .arg(&mut dw)
+                .arg(&mut db)
+                .arg(&chunks_)
+                .arg(&c);
             // SAFETY: arguments match layer_norm_bwd_final's signature in layer_norm.cu.
             unsafe { lb.launch(cfg_elems(cols)) }.w()?;
         }
         Ok([wrap(dx, dev), wrap(dw, dev), wrap(db, dev)])
     }
-    dispatch_float!(LN, x.dtype(), run(x, x_off, w, w_off, dy, dy_off, rows, cols, eps))
+    dispatch_float!(
+        LN,
+        x.dtype(),
+        run(x, x_off, w, w_off, dy, dy_off, rows, cols, eps)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,7 +341,12 @@ pub(crate) fn layer_norm_bwd(
 
 const SM: &str = "softmax_last_dim";
 
-pub(crate) fn softmax_fwd(x: &CudaStorage, off: usize, rows: usize, cols: usize) -> Result<CudaStorage> {
+pub(crate) fn softmax_fwd(
+    x: &CudaStorage,
+    off: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<CudaStorage> {
     fn run<T: Float>(x: &CudaStorage, off: usize, rows: usize, cols: usize) -> Result<CudaStorage> {
         let dev = &x.device;
         let n = rows * cols;
@@ -437,4 +482,6 @@ mod patch;
 pub(crate) use patch::patchify;
 
 mod adamw;
-pub(crate) use adamw::{adamw_step, moments_from_tensors, moments_to_tensors, moments_zeros, CudaMoments};
+pub(crate) use adamw::{
+    adamw_step, moments_from_tensors, moments_to_tensors, moments_zeros, CudaMoments,
+};

@@ -12,7 +12,12 @@ const OP: &str = "patchify";
 
 /// (N, C, T, H, W) -> (N, L, t*p*p*C), or back with `inverse`, exactly as `patch::permute_sample`.
 /// Any dtype of 1, 2, 4 or 8 bytes (the kernel moves raw bits).
-pub(crate) fn patchify(x: &CudaStorage, off: usize, dims: &PatchDims, inverse: bool) -> Result<CudaStorage> {
+pub(crate) fn patchify(
+    x: &CudaStorage,
+    off: usize,
+    dims: &PatchDims,
+    inverse: bool,
+) -> Result<CudaStorage> {
     fn run<T: CudaDType + DeviceRepr>(
         x: &CudaStorage,
         off: usize,

@@ -12,7 +12,13 @@ const GATHER: &str = "gather_tokens";
 const SCATTER: &str = "scatter_tokens";
 
 /// A copy of `n` elements of `s` from `off` into a fresh buffer.
-fn copy<T: Float>(dev: &CudaDevice, s: &CudaStorage, off: usize, n: usize, op: &str) -> Result<CudaSlice<T>> {
+fn copy<T: Float>(
+    dev: &CudaDevice,
+    s: &CudaStorage,
+    off: usize,
+    n: usize,
+    op: &str,
+) -> Result<CudaSlice<T>> {
     let src = view::<T>(s, off, n, op)?;
     let mut dst = alloc::<T>(dev, n)?;
     if n > 0 {
@@ -54,7 +60,13 @@ pub(crate) fn gather_tokens(
             let stream = dev.cuda_stream();
             let s = [n as u64, l as u64, k as u64, d as u64];
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&xv).arg(&iv).arg(&mut out).arg(&s[0]).arg(&s[1]).arg(&s[2]).arg(&s[3]);
+            lb.arg(&xv)
+                .arg(&iv)
+                .arg(&mut out)
+                .arg(&s[0])
+                .arg(&s[1])
+                .arg(&s[2])
+                .arg(&s[3]);
             // SAFETY: arguments match gather_tokens_u* in tokens.cu (T has that element size).
             unsafe { lb.launch(cfg_elems(total)) }.w()?;
         }
@@ -98,7 +110,13 @@ pub(crate) fn scatter_add_tokens(
             let f = load(dev, &TOKENS, &format!("scatter_add_tokens_{}", T::NAME))?;
             let s = [n as u64, l as u64, k as u64, d as u64];
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&gv).arg(&iv).arg(&mut acc).arg(&s[0]).arg(&s[1]).arg(&s[2]).arg(&s[3]);
+            lb.arg(&gv)
+                .arg(&iv)
+                .arg(&mut acc)
+                .arg(&s[0])
+                .arg(&s[1])
+                .arg(&s[2])
+                .arg(&s[3]);
             // SAFETY: arguments match scatter_add_tokens_* in tokens.cu.
             unsafe { lb.launch(cfg_elems(total)) }.w()?;
         }
@@ -156,16 +174,30 @@ pub(crate) fn scatter_tokens(
             let stream = dev.cuda_stream();
             let s = [n as u64, l as u64, k as u64, d as u64];
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&sv).arg(&iv).arg(&mut out).arg(&s[0]).arg(&s[1]).arg(&s[2]).arg(&s[3]);
+            lb.arg(&sv)
+                .arg(&iv)
+                .arg(&mut out)
+                .arg(&s[0])
+                .arg(&s[1])
+                .arg(&s[2])
+                .arg(&s[3]);
             // SAFETY: arguments match scatter_tokens_u* in tokens.cu.
             unsafe { lb.launch(cfg_elems(total)) }.w()?;
         }
         Ok(wrap(out, dev))
     }
     if src.dtype() != base.dtype() {
-        candle_core::bail!("{SCATTER}: src dtype {:?} differs from base's {:?}", src.dtype(), base.dtype());
+        candle_core::bail!(
+            "{SCATTER}: src dtype {:?} differs from base's {:?}",
+            src.dtype(),
+            base.dtype()
+        );
     }
-    dispatch_float!(SCATTER, base.dtype(), run(base, b_off, src, s_off, idx, idx_off, n, l, k, d))
+    dispatch_float!(
+        SCATTER,
+        base.dtype(),
+        run(base, b_off, src, s_off, idx, idx_off, n, l, k, d)
+    )
 }
 
 /// A copy of `g` (N, L, D) with rows `idx` zeroed (the base gradient of [`scatter_tokens`]).
@@ -200,7 +232,12 @@ pub(crate) fn zero_rows(
             let stream = dev.cuda_stream();
             let s = [n as u64, l as u64, k as u64, d as u64];
             let mut lb = stream.launch_builder(&f);
-            lb.arg(&iv).arg(&mut out).arg(&s[0]).arg(&s[1]).arg(&s[2]).arg(&s[3]);
+            lb.arg(&iv)
+                .arg(&mut out)
+                .arg(&s[0])
+                .arg(&s[1])
+                .arg(&s[2])
+                .arg(&s[3]);
             // SAFETY: arguments match zero_rows_u* in tokens.cu.
             unsafe { lb.launch(cfg_elems(total)) }.w()?;
         }
@@ -208,4 +245,3 @@ pub(crate) fn zero_rows(
     }
     dispatch_float!(SCATTER, g.dtype(), run(g, g_off, idx, idx_off, n, l, k, d))
 }
-
