@@ -10,6 +10,8 @@
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -66,26 +68,11 @@ impl RngKey {
     }
 }
 
-/// Fills `out` with independent standard normal draws (Box–Muller transform:
-/// `z0 = sqrt(-2 ln u1) cos(2π u2)`, `z1 = sqrt(-2 ln u1) sin(2π u2)`, `u1 ∈ (0, 1]`, `u2 ∈ [0, 1)`).
+/// Fills `out` with independent standard normal draws (`rand_distr`'s ziggurat sampler).
 pub(crate) fn fill_standard_normal(rng: &mut ChaCha8Rng, out: &mut [f32]) {
-    let mut chunks = out.chunks_exact_mut(2);
-    for pair in &mut chunks {
-        let (z0, z1) = box_muller(rng);
-        pair[0] = z0 as f32;
-        pair[1] = z1 as f32;
+    for v in out.iter_mut() {
+        *v = rng.sample(StandardNormal);
     }
-    if let [last] = chunks.into_remainder() {
-        *last = box_muller(rng).0 as f32;
-    }
-}
-
-fn box_muller(rng: &mut ChaCha8Rng) -> (f64, f64) {
-    let u1 = 1.0 - rng.random::<f64>();
-    let u2 = rng.random::<f64>();
-    let r = (-2.0 * u1.ln()).sqrt();
-    let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-    (r * c, r * s)
 }
 
 /// Standard normal noise `ε ~ N(0, I)` of `shape = (N, ...)` with sample `i` of the batch drawn
@@ -121,10 +108,10 @@ pub(crate) fn normal_in(
     let per_sample: usize = dims[1..].iter().product();
     let mut data = vec![0f32; batch * per_sample];
     if per_sample > 0 {
-        for (i, chunk) in data.chunks_exact_mut(per_sample).enumerate() {
-            let mut rng = key.rng(domain, sub, i);
-            fill_standard_normal(&mut rng, chunk);
-        }
+        // One stream per sample, so the result does not depend on how rayon splits the work.
+        data.par_chunks_mut(per_sample)
+            .enumerate()
+            .for_each(|(i, chunk)| fill_standard_normal(&mut key.rng(domain, sub, i), chunk));
     }
     Ok(Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?)
 }
@@ -147,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn box_muller_moments() {
+    fn standard_normal_moments() {
         let mut rng = RngKey::new(1, 0).rng(Domain::Noise, 0, 0);
         let mut v = vec![0f32; 200_001];
         fill_standard_normal(&mut rng, &mut v);

@@ -78,9 +78,15 @@ fn unreadable_mask_images_are_typed_errors() {
     std::fs::write(&garbage, b"definitely not an image").expect("write garbage file");
     let r = PatchMask::from_image_path(&garbage, grid, ResizeRule::Any);
     std::fs::remove_file(&garbage).ok();
-    assert!(matches!(r, Err(Error::MaskImage { path: Some(_), .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::MaskImage { path: Some(_), .. })),
+        "{r:?}"
+    );
     let r = PatchMask::from_image_bytes(b"\x89PNG\r\n\x1a\n truncated", grid, ResizeRule::Any);
-    assert!(matches!(r, Err(Error::MaskImage { path: None, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::MaskImage { path: None, .. })),
+        "{r:?}"
+    );
     let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("<bytes>"), "{msg}");
 }
