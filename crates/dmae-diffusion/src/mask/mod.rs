@@ -245,10 +245,11 @@ pub(crate) fn to_u32(j: usize) -> Result<u32> {
 /// How to choose the masked patches of an image.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MaskStrategy {
-    /// Uniformly random subset of exactly `round(ratio · L)` patches, independently per
-    /// sample (MAE/DiffMAE pre-training; the paper's default ratio is 0.75). MAE computes the
-    /// kept count as `int(L (1 - ratio))`, which can differ by one through float rounding;
-    /// this rounds the masked count to the nearest integer instead.
+    /// Uniformly random subset of patches, independently per sample (MAE/DiffMAE
+    /// pre-training; the paper's default ratio is 0.75). As in MAE, `⌊L (1 − ratio)⌋` patches
+    /// are kept and exactly `L − ⌊L (1 − ratio)⌋` are masked (147 of 196 at 0.75, 177 at 0.9);
+    /// a 1e-9 guard inside the floor keeps float error from dropping a patch
+    /// (`L = 10, ratio = 0.9` keeps 1, where Python's `int(10 * (1 - 0.9))` gives 0).
     Random {
         /// Fraction of patches to mask, in [0, 1).
         ratio: f64,
@@ -262,8 +263,8 @@ pub enum MaskStrategy {
         /// Fraction of the area to mask, in [0, 1).
         ratio: f64,
     },
-    /// BEiT-style block-wise masking: random rectangles until exactly `round(ratio · L)`
-    /// patches are masked (see [`BlockWise`]).
+    /// BEiT-style block-wise masking: random rectangles until exactly as many patches as
+    /// [`MaskStrategy::Random`] masks are masked (see [`BlockWise`]).
     BlockWise(BlockWise),
     /// The same given mask for every sample (e.g. a user's inpainting mask).
     Fixed(PatchMask),
@@ -349,9 +350,11 @@ impl MaskStrategy {
     }
 }
 
-/// `round(ratio · L)`, the exact masked count of ratio-based strategies.
+/// `L − ⌊L (1 − ratio) + 1e-9⌋`, the exact masked count of ratio-based strategies (MAE's
+/// `len_keep = int(L * (1 - mask_ratio))`, guarded against float error).
 pub(crate) fn count_for_ratio(ratio: f64, l: usize) -> usize {
-    ((ratio * l as f64).round() as usize).min(l)
+    let keep = ((l as f64 * (1.0 - ratio) + 1e-9).floor() as usize).min(l);
+    l - keep
 }
 
 /// A uniformly random set of exactly `k` of `l` positions.
@@ -409,6 +412,17 @@ mod tests {
             MaskIndices::from_masks(vec![vec![true], vec![true, false]], &Device::Cpu),
             Err(Error::Shape { arg: "masks", .. })
         ));
+    }
+
+    #[test]
+    fn ratio_counts_follow_mae() {
+        // MAE: len_keep = int(L * (1 - ratio)).
+        assert_eq!(count_for_ratio(0.75, 196), 147);
+        assert_eq!(count_for_ratio(0.9, 196), 177); // keeps int(19.6) = 19
+        assert_eq!(count_for_ratio(0.9, 1568), 1412); // keeps int(156.8) = 156
+        assert_eq!(count_for_ratio(0.9, 10), 9); // 10 * (1 - 0.9) = 0.99999… in f64
+        assert_eq!(count_for_ratio(0.0, 7), 0);
+        assert_eq!(count_for_ratio(0.999, 4), 4);
     }
 
     #[test]

@@ -48,8 +48,8 @@ pub enum VideoMaskStrategy {
     /// strategy on [`VideoGrid::spatial`], repeated at every temporal position; the masked
     /// count is `frames ×` the spatial count.
     Tube(MaskStrategy),
-    /// Uniformly random space-time masking (MAE-ST): exactly `round(ratio · L)` of all
-    /// `L = frames · rows · cols` tokens, independently per sample (MAE-ST's default ratio 0.9).
+    /// Uniformly random space-time masking (MAE-ST): exactly `L − ⌊L (1 − ratio)⌋` of all
+    /// `L = frames · rows · cols` tokens (MAE's count, see [`MaskStrategy::Random`]), independently per sample (MAE-ST's default ratio 0.9).
     RandomSpaceTime {
         /// Fraction of tokens to mask, in [0, 1).
         ratio: f64,
