@@ -64,6 +64,32 @@ pub fn q_sample(
     Ok((x0.broadcast_mul(&a)? + noise.to_device(dev)?.broadcast_mul(&s)?)?)
 }
 
+/// One batch's forward-process draw: the timesteps, the noise and the noised input.
+#[derive(Clone, Debug)]
+pub struct Diffused {
+    /// One 0-based timestep per sample, `t_i ~ U{0..T−1}`.
+    pub t: Vec<usize>,
+    /// The noise `ε ~ N(0, I)`, shape and dtype of `x0`.
+    pub noise: Tensor,
+    /// `x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε` (Ho et al. eq. 4).
+    pub x_t: Tensor,
+}
+
+/// Draws `t ~ U{0..T−1}` per sample ([`sample_timesteps`]) and `ε ~ N(0, I)`
+/// ([`standard_normal`](crate::standard_normal)) from `key`, and noises `x0: (N, …)` with
+/// [`q_sample`]; the training step's forward process in one call.
+pub fn diffuse(schedule: &NoiseSchedule, x0: &Tensor, key: RngKey) -> Result<Diffused> {
+    let n = x0.dims().first().copied().ok_or_else(|| Error::Shape {
+        arg: "x0",
+        expected: "(N, ...)".into(),
+        got: vec![],
+    })?;
+    let t = sample_timesteps(key, n, schedule.num_timesteps())?;
+    let noise = crate::rng::standard_normal(key, x0.shape(), x0.dtype(), x0.device())?;
+    let x_t = q_sample(schedule, x0, &t, &noise)?;
+    Ok(Diffused { t, noise, x_t })
+}
+
 pub(crate) fn check_batch(arg: &'static str, x: &Tensor, t: &[usize]) -> Result<()> {
     match x.dims().first() {
         Some(&n) if n == t.len() => Ok(()),

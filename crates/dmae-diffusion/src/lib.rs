@@ -12,9 +12,9 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`mask`] | [`MaskStrategy`] (random, center block, BEiT block-wise, fixed/[`PatchMask`] from a mask image), [`VideoMaskStrategy`] (tube, random space-time) → [`MaskIndices`] |
+//! | [`mask`] | [`MaskStrategy`] (random, center block, BEiT block-wise, fixed/[`PatchMask`] from a mask image), [`VideoMaskStrategy`] (tube, random space-time, future frames) → [`MaskIndices`] |
 //! | [`schedule`] | [`NoiseSchedule`]: linear / cosine, exponent ρ ([`RhoTarget`]), `β`, `α`, `ᾱ`, `√ᾱ`, `√(1−ᾱ)`, SNR, DDPM posterior coefficients |
-//! | [`forward`] | [`sample_timesteps`], [`q_sample`], [`X0Loss`] (optionally `norm_pix`) |
+//! | [`forward`] | [`sample_timesteps`], [`q_sample`], [`diffuse`] (both in one call), [`X0Loss`] (optionally `norm_pix`) |
 //! | [`sampler`] | [`Denoiser`], [`Sampler`] ([`SamplerKind::Ddpm`], [`SamplerKind::Ddim`], [`SamplerKind::Mae`]), trajectories |
 //! | [`rng`] | [`RngKey`], [`standard_normal`] |
 //! | [`error`] | [`Error`], [`Result`] |
@@ -68,7 +68,9 @@ pub mod sampler;
 pub mod schedule;
 
 pub use error::{Error, Result};
-pub use forward::{normalize_patches, q_sample, sample_timesteps, timesteps_tensor, X0Loss};
+pub use forward::{
+    diffuse, normalize_patches, q_sample, sample_timesteps, timesteps_tensor, Diffused, X0Loss,
+};
 pub use mask::{
     BlockWise, MaskIndices, MaskStrategy, PatchGrid, PatchMask, ResizeRule, VideoGrid,
     VideoMaskStrategy,

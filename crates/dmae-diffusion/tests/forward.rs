@@ -2,8 +2,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use dmae_diffusion::{
-    normalize_patches, q_sample, sample_timesteps, standard_normal, timesteps_tensor, Error,
-    MaskStrategy, NoiseSchedule, PatchGrid, Result, RngKey, X0Loss,
+    diffuse, normalize_patches, q_sample, sample_timesteps, standard_normal, timesteps_tensor,
+    Error, MaskStrategy, NoiseSchedule, PatchGrid, Result, RngKey, X0Loss,
 };
 
 #[test]
@@ -90,6 +90,26 @@ fn q_sample_is_exact_per_sample() -> Result<()> {
         q_sample(&s, &x0, &t, &eps.t()?),
         Err(Error::Shape { arg: "noise", .. })
     ));
+    Ok(())
+}
+
+#[test]
+fn diffuse_draws_t_and_noise_from_the_key() -> Result<()> {
+    let dev = Device::Cpu;
+    let s = NoiseSchedule::cosine(1000)?;
+    let x0 = standard_normal(RngKey::new(0, 0), (6, 5, 4), DType::F32, &dev)?;
+    let key = RngKey::new(42, 3);
+    let d = diffuse(&s, &x0, key)?;
+    assert_eq!(d.t, sample_timesteps(key, 6, 1000)?);
+    assert_eq!(
+        d.noise.to_vec3::<f32>()?,
+        standard_normal(key, (6, 5, 4), DType::F32, &dev)?.to_vec3::<f32>()?
+    );
+    let want = q_sample(&s, &x0, &d.t, &d.noise)?;
+    assert_eq!(d.x_t.to_vec3::<f32>()?, want.to_vec3::<f32>()?);
+    // Another step draws other timesteps and noise.
+    let e = diffuse(&s, &x0, RngKey::new(42, 4))?;
+    assert_ne!(d.t, e.t);
     Ok(())
 }
 

@@ -273,6 +273,32 @@ fn fixed_masks_from_pixels_apply_to_every_sample() -> dmae_diffusion::Result<()>
 }
 
 #[test]
+fn future_frame_masks_hide_whole_trailing_frames() -> dmae_diffusion::Result<()> {
+    let grid = VideoGrid::new(5, 2, 3);
+    let s = VideoMaskStrategy::FutureFrames { visible: 2 };
+    assert_eq!(s.num_masked(grid)?, 18);
+    let mi = s.sample(grid, 2, RngKey::new(1, 1), &Device::Cpu)?;
+    assert_eq!(
+        mi.visible().to_vec2::<u32>()?,
+        vec![(0..12).collect::<Vec<u32>>(); 2]
+    );
+    assert_eq!(
+        mi.masked().to_vec2::<u32>()?,
+        vec![(12..30).collect::<Vec<u32>>(); 2]
+    );
+    assert!(matches!(
+        VideoMaskStrategy::FutureFrames { visible: 6 }.sample(
+            grid,
+            1,
+            RngKey::default(),
+            &Device::Cpu
+        ),
+        Err(Error::InvalidArgument { arg: "visible", .. })
+    ));
+    Ok(())
+}
+
+#[test]
 fn invalid_ratios_are_typed_errors() {
     for r in [-0.1, 1.0, 1.5, f64::NAN, f64::INFINITY] {
         assert!(

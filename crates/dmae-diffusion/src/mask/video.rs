@@ -1,9 +1,9 @@
-//! Space-time masks for video (tubelet tokens).
+//! Space-time masks for video (tubelet tokens): tube, random space-time, future frames.
 
 use candle_core::Device;
 
 use super::{count_for_ratio, random_mask, MaskIndices, MaskStrategy, PatchGrid};
-use crate::error::{check_ratio, Result};
+use crate::error::{check_ratio, Error, Result};
 use crate::rng::{Domain, RngKey};
 
 /// The token grid of a clip cut into tubelets: `frames × rows × cols` tokens, numbered
@@ -54,6 +54,13 @@ pub enum VideoMaskStrategy {
         /// Fraction of tokens to mask, in [0, 1).
         ratio: f64,
     },
+    /// Frame prediction: the first `visible` temporal positions are visible, every token of
+    /// the later ones is masked (e.g. predicting the future of a Moving-MNIST clip); the
+    /// same for every sample. `visible ≤ frames`.
+    FutureFrames {
+        /// Number of leading temporal positions that stay visible.
+        visible: usize,
+    },
 }
 
 impl VideoMaskStrategy {
@@ -73,6 +80,12 @@ impl VideoMaskStrategy {
         match self {
             Self::Tube(s) => s.validate(grid.spatial()),
             Self::RandomSpaceTime { ratio } => check_ratio("ratio", *ratio),
+            Self::FutureFrames { visible } if *visible > grid.frames => Err(Error::invalid(
+                "visible",
+                format!("at most frames = {}", grid.frames),
+                visible,
+            )),
+            Self::FutureFrames { .. } => Ok(()),
         }
     }
 
@@ -82,6 +95,7 @@ impl VideoMaskStrategy {
         Ok(match self {
             Self::Tube(s) => grid.frames * s.num_masked(grid.spatial())?,
             Self::RandomSpaceTime { ratio } => count_for_ratio(*ratio, grid.len()),
+            Self::FutureFrames { visible } => (grid.frames - visible) * grid.rows * grid.cols,
         })
     }
 
@@ -107,6 +121,10 @@ impl VideoMaskStrategy {
                         count_for_ratio(*ratio, grid.len()),
                         &mut rng,
                     )),
+                    Self::FutureFrames { visible } => {
+                        let hw = grid.rows * grid.cols;
+                        Ok((0..grid.len()).map(|j| j / hw >= *visible).collect())
+                    }
                 }
             })
             .collect::<Result<Vec<_>>>()?;
