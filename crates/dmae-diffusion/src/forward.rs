@@ -122,6 +122,11 @@ pub fn normalize_patches(x: &Tensor, eps: f64) -> Result<Tensor> {
 /// patches and their pixels (MAE's per-patch mean, then mean over masked patches; equal when
 /// every patch has the same size).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
 pub struct X0Loss {
     /// Regress per-patch normalised pixels ([`normalize_patches`], MAE's `norm_pix_loss`).
     /// Default on, for recognition pre-training; turn off for inpainting models whose outputs

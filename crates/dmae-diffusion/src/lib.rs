@@ -55,8 +55,9 @@
 //! # }
 //! ```
 //!
-//! Features: `cuda` (forwards to candle's), `mask-image` (read mask images with the `image`
-//! crate; off by default, the in-memory [`PatchMask::from_pixels`] always exists).
+//! Features: `cuda` (forwards to dmae-core's and candle's), `mask-image` (read mask images with
+//! the `image` crate; off by default, the in-memory [`PatchMask::from_pixels`] always exists),
+//! `serde` (serialisable configuration types; off by default).
 #![warn(missing_docs)]
 
 pub mod error;

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 /// Identifies one batch's worth of randomness: the run's `seed` and the training `step`
 /// (or epoch, or any counter the caller advances between batches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RngKey {
     /// The run's seed.
     pub seed: u64,

@@ -45,6 +45,11 @@ where
 
 /// Which reverse process to run.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum SamplerKind {
     /// DDPM ancestral sampling over all `T` steps.
     Ddpm,

@@ -30,6 +30,11 @@ use crate::error::{Error, Result};
 
 /// The base schedule before the exponent ρ.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum BetaSchedule {
     /// Linear betas (Ho et al. 2020): `β_t = β_start + (β_end − β_start) · t / (T − 1)` for
     /// `t ∈ 0..T` (`β_0 = β_start` when `T = 1`).
@@ -70,6 +75,11 @@ impl BetaSchedule {
 
 /// What the exponent ρ raises (see the [module docs](self)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum RhoTarget {
     /// `ᾱ_t ← ᾱ_t^ρ` (default).
     #[default]
@@ -80,6 +90,11 @@ pub enum RhoTarget {
 
 /// Settings of a [`NoiseSchedule`].
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
 pub struct ScheduleConfig {
     /// Base schedule (default: linear, DDPM's 1e-4 … 0.02; a choice, see `docs/`).
     pub kind: BetaSchedule,

@@ -18,6 +18,7 @@ use crate::error::{check_ratio, Error, Result};
 /// is filled with uniformly random unmasked patches, so the masked count is always exact.
 /// This fill is this crate's addition: BEiT stops short instead.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BlockWise {
     /// Target fraction of masked patches, in [0, 1); the count is `L − ⌊L (1 − ratio)⌋` as for random masks.
     pub ratio: f64,

@@ -13,6 +13,11 @@ use crate::error::{Error, Result};
 /// every pixel belongs to at least one patch and every patch has at least one pixel, even
 /// when the image is smaller than the grid or its size is not a multiple of it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum ResizeRule {
     /// A patch is masked if **any** of its pixels is masked (default: the hole is always
     /// fully generated, never partly given to the encoder).
@@ -25,6 +30,7 @@ pub enum ResizeRule {
 /// A fixed mask on a patch grid (`true` = masked), applied to every sample by
 /// [`MaskStrategy::Fixed`](super::MaskStrategy::Fixed).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PatchMask {
     grid: PatchGrid,
     masked: Vec<bool>,
@@ -172,6 +178,19 @@ impl PatchMask {
     }
 
     pub(crate) fn check_grid(&self, grid: PatchGrid) -> Result<()> {
+        // A deserialised mask may not match its own grid.
+        if self.masked.len() != self.grid.len() {
+            return Err(Error::Shape {
+                arg: "masked",
+                expected: format!(
+                    "{} patches ({} x {})",
+                    self.grid.len(),
+                    self.grid.rows,
+                    self.grid.cols
+                ),
+                got: vec![self.masked.len()],
+            });
+        }
         if grid == self.grid {
             Ok(())
         } else {

@@ -30,6 +30,7 @@ use crate::rng::{Domain, RngKey};
 /// The patch grid of one image: `rows × cols` patches, numbered row-major
 /// (`index = row * cols + col`), as produced by MAE's patchify.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PatchGrid {
     /// Patch rows (`H / p`).
     pub rows: usize,
@@ -244,6 +245,11 @@ pub(crate) fn to_u32(j: usize) -> Result<u32> {
 
 /// How to choose the masked patches of an image.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum MaskStrategy {
     /// Uniformly random subset of patches, independently per sample (MAE/DiffMAE
     /// pre-training; the paper's default ratio is 0.75). As in MAE, `⌊L (1 − ratio)⌋` patches

@@ -10,6 +10,7 @@ use crate::rng::{Domain, RngKey};
 /// time-major (`index = (t · rows + r) · cols + c`), the order of MAE-ST/VideoMAE's
 /// 3-D patch embedding flattened over `(T', H', W')`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct VideoGrid {
     /// Temporal positions `T' = T / tubelet_t`.
     pub frames: usize,
@@ -43,6 +44,11 @@ impl VideoGrid {
 
 /// How to choose the masked tokens of a clip.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum VideoMaskStrategy {
     /// Tube masking (VideoMAE): one spatial mask per sample, drawn with the given image
     /// strategy on [`VideoGrid::spatial`], repeated at every temporal position; the masked
