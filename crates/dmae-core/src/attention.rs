@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{self, Real};
+use crate::cpu::{self, Mat, Real};
 use crate::error::{check_float, check_same_dtype, invalid, shape_mismatch, Result};
 use crate::softmax::softmax_row;
 
@@ -143,7 +143,7 @@ impl Strided4 {
 
     /// Start of the innermost row `[a, b, c, ..]`.
     #[inline(always)]
-    fn at(&self, a: usize, b: usize, c: usize) -> usize {
+    pub(crate) fn at(&self, a: usize, b: usize, c: usize) -> usize {
         self.offset + a * self.stride[0] + b * self.stride[1] + c * self.stride[2]
     }
 }
@@ -164,51 +164,94 @@ struct Views<'a, T> {
 }
 
 impl<T: Real> Views<'_, T> {
-    /// Attention probabilities of query row `i` of batch `n`, head `h`, into `p` (length Lk).
-    #[inline(always)]
-    fn probs(&self, dims: &AttnDims, scale: T, n: usize, h: usize, i: usize, p: &mut [T]) {
-        let (q, qv) = self.q;
-        let (k, kv) = self.k;
-        let qi = &q[qv.at(n, i, h)..][..dims.d];
-        for (j, pj) in p.iter_mut().enumerate() {
-            let kj = &k[kv.at(n, j, h)..][..dims.d];
-            *pj = cpu::dot(qi, kj) * scale;
+    /// Query rows of batch `n`, head `h`, as an (Lq, D) matrix (likewise `key`, `value`).
+    fn query(&self, dims: &AttnDims, n: usize, h: usize) -> Mat {
+        let s = self.q.1;
+        Mat::rows(s.at(n, 0, h), dims.lq, dims.d, s.stride[1])
+    }
+
+    fn key(&self, dims: &AttnDims, n: usize, h: usize) -> Mat {
+        let s = self.k.1;
+        Mat::rows(s.at(n, 0, h), dims.lk, dims.d, s.stride[1])
+    }
+
+    fn value(&self, dims: &AttnDims, n: usize, h: usize) -> Mat {
+        let s = self.v.1;
+        Mat::rows(s.at(n, 0, h), dims.lk, dims.dv, s.stride[1])
+    }
+
+    /// Attention probabilities of batch `n`, head `h` into `p` (Lq x Lk, row-major):
+    /// `softmax(q k^T * scale + mask)`.
+    fn probs(&self, dims: &AttnDims, scale: T, n: usize, h: usize, p: &mut [T]) {
+        let (lq, lk) = (dims.lq, dims.lk);
+        let s = Mat::rows(0, lq, lk, lk);
+        cpu::matmul(
+            p,
+            s,
+            false,
+            self.q.0,
+            self.query(dims, n, h),
+            self.k.0,
+            self.key(dims, n, h).t(),
+            scale,
+        );
+        mask_softmax(p, self.mask, n, h, lq, lk);
+    }
+}
+
+cpu::multiversion! {
+    /// Adds the mask rows of batch `n`, head `h` to the scores, then softmax per row.
+    fn mask_softmax<T: Real>(p: &mut [T], mask: Option<(&[T], Strided4)>, n: usize, h: usize, lq: usize, lk: usize) {
+        for i in 0..lq {
+            let row = &mut p[i * lk..(i + 1) * lk];
+            if let Some((m, mv)) = mask {
+                let base = mv.offset + n * mv.stride[0] + h * mv.stride[1] + i * mv.stride[2];
+                for j in 0..lk {
+                    row[j] = row[j] + m[base + j * mv.stride[3]];
+                }
+            }
+            softmax_row(row);
         }
-        if let Some((m, mv)) = self.mask {
-            let row = mv.offset + n * mv.stride[0] + h * mv.stride[1] + i * mv.stride[2];
-            for (j, pj) in p.iter_mut().enumerate() {
-                *pj = *pj + m[row + j * mv.stride[3]];
+    }
+}
+
+cpu::multiversion! {
+    /// `dS = P * (dP - rowsum(P * dP)) * scale`, in place of `dp`.
+    fn softmax_grad<T: Real>(p: &[T], dp: &mut [T], lq: usize, lk: usize, scale: T) {
+        for i in 0..lq {
+            let (pr, dr) = (&p[i * lk..(i + 1) * lk], &mut dp[i * lk..(i + 1) * lk]);
+            let delta = cpu::dot(pr, dr);
+            for j in 0..lk {
+                dr[j] = pr[j] * (dr[j] - delta) * scale;
             }
         }
-        softmax_row(p);
     }
 }
 
 fn forward<T: Real>(x: &Views<T>, dims: AttnDims, scale: f64) -> Vec<T> {
-    let AttnDims { h, lq, dv, .. } = dims;
+    let AttnDims { h, lq, lk, dv, .. } = dims;
+    let scale = cpu::c::<T>(scale);
     let mut out = vec![T::zero(); dims.n * lq * h * dv];
     out.par_chunks_mut(lq * h * dv)
         .enumerate()
-        .for_each(|(n, out)| forward_sample(x, &dims, cpu::c(scale), n, out));
-    out
-}
-
-cpu::multiversion! {
-    /// Output rows of batch element `n`, all heads.
-    fn forward_sample<T: Real>(x: &Views<'_, T>, dims: &AttnDims, scale: T, n: usize, out: &mut [T]) {
-        let AttnDims { h, lq, lk, dv, .. } = *dims;
-        let (v, vv) = x.v;
-        let mut p = vec![T::zero(); lk];
-        for hh in 0..h {
-            for i in 0..lq {
-                x.probs(dims, scale, n, hh, i, &mut p);
-                let o = &mut out[(i * h + hh) * dv..][..dv];
-                for (j, &pj) in p.iter().enumerate() {
-                    cpu::axpy(pj, &v[vv.at(n, j, hh)..][..dv], o);
-                }
+        .for_each(|(n, out)| {
+            let mut p = vec![T::zero(); lq * lk];
+            for hh in 0..h {
+                x.probs(&dims, scale, n, hh, &mut p);
+                let o = Mat::rows(hh * dv, lq, dv, h * dv);
+                cpu::matmul(
+                    out,
+                    o,
+                    false,
+                    &p,
+                    Mat::rows(0, lq, lk, lk),
+                    x.v.0,
+                    x.value(&dims, n, hh),
+                    T::one(),
+                );
             }
-        }
-    }
+        });
+    out
 }
 
 /// With `P` the probabilities, `dO` the output gradient and `dP = dO V^T`:
@@ -222,6 +265,7 @@ fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [V
         d,
         dv,
     } = dims;
+    let sc = cpu::c::<T>(scale);
     let mut dq = vec![T::zero(); n * lq * h * d];
     let mut dk = vec![T::zero(); n * lk * h * d];
     let mut dvv = vec![T::zero(); n * lk * h * dv];
@@ -230,47 +274,51 @@ fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [V
         .zip(dvv.par_chunks_mut(lk * h * dv))
         .enumerate()
         .for_each(|(b, ((dq, dk), dvb))| {
-            backward_sample(x, dout, &dims, cpu::c(scale), b, dq, dk, dvb)
+            let mut p = vec![T::zero(); lq * lk];
+            let mut ds = vec![T::zero(); lq * lk];
+            let pm = Mat::rows(0, lq, lk, lk);
+            for hh in 0..h {
+                x.probs(&dims, sc, b, hh, &mut p);
+                let dom = Mat::rows((b * lq * h + hh) * dv, lq, dv, h * dv);
+                // dP = dO V^T, then dS in place.
+                cpu::matmul(
+                    &mut ds,
+                    pm,
+                    false,
+                    dout,
+                    dom,
+                    x.v.0,
+                    x.value(&dims, b, hh).t(),
+                    T::one(),
+                );
+                softmax_grad(&p, &mut ds, lq, lk, sc);
+                let dqm = Mat::rows(hh * d, lq, d, h * d);
+                cpu::matmul(
+                    dq,
+                    dqm,
+                    false,
+                    &ds,
+                    pm,
+                    x.k.0,
+                    x.key(&dims, b, hh),
+                    T::one(),
+                );
+                let dkm = Mat::rows(hh * d, lk, d, h * d);
+                cpu::matmul(
+                    dk,
+                    dkm,
+                    false,
+                    &ds,
+                    pm.t(),
+                    x.q.0,
+                    x.query(&dims, b, hh),
+                    T::one(),
+                );
+                let dvm = Mat::rows(hh * dv, lk, dv, h * dv);
+                cpu::matmul(dvb, dvm, false, &p, pm.t(), dout, dom, T::one());
+            }
         });
     [dq, dk, dvv]
-}
-
-cpu::multiversion! {
-    /// Gradients of batch element `b`, all heads.
-    #[allow(clippy::too_many_arguments)]
-    fn backward_sample<T: Real>(
-        x: &Views<'_, T>,
-        dout: &[T],
-        dims: &AttnDims,
-        sc: T,
-        b: usize,
-        dq: &mut [T],
-        dk: &mut [T],
-        dvb: &mut [T],
-    ) {
-        let AttnDims { h, lq, lk, d, dv, .. } = *dims;
-        let ((q, qv), (k, kv), (v, vv)) = (x.q, x.k, x.v);
-        let mut p = vec![T::zero(); lk];
-        let mut ds = vec![T::zero(); lk];
-        for hh in 0..h {
-            for i in 0..lq {
-                x.probs(dims, sc, b, hh, i, &mut p);
-                let doi = &dout[((b * lq + i) * h + hh) * dv..][..dv];
-                for j in 0..lk {
-                    ds[j] = cpu::dot(doi, &v[vv.at(b, j, hh)..][..dv]);
-                }
-                let delta = cpu::dot(&p, &ds);
-                let qi = &q[qv.at(b, i, hh)..][..d];
-                let dqi = &mut dq[(i * h + hh) * d..][..d];
-                for j in 0..lk {
-                    let dsj = p[j] * (ds[j] - delta) * sc;
-                    cpu::axpy(dsj, &k[kv.at(b, j, hh)..][..d], dqi);
-                    cpu::axpy(dsj, qi, &mut dk[(j * h + hh) * d..][..d]);
-                    cpu::axpy(p[j], doi, &mut dvb[(j * h + hh) * dv..][..dv]);
-                }
-            }
-        }
-    }
 }
 
 impl Attention {

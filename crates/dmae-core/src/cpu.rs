@@ -138,8 +138,102 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 /// `y += alpha * x`.
 #[inline(always)]
 pub(crate) fn axpy<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = *y + alpha * x;
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
+    for i in 0..n {
+        y[i] = y[i] + alpha * x[i];
+    }
+}
+
+/// A strided matrix inside a slice: element `(r, c)` is at `offset + r * rs + c * cs`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat {
+    /// A row-major block of `rows` x `cols` whose rows are `rs` apart.
+    pub(crate) fn rows(offset: usize, rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            offset,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// The same elements seen transposed.
+    pub(crate) fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
+    }
+}
+
+/// `dst = [dst +] alpha * lhs @ rhs` on strided views, with the `gemm` crate candle itself uses
+/// (runtime-dispatched SIMD). Single-threaded: the callers parallelise over batch elements.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul<T: Real>(
+    dst: &mut [T],
+    d: Mat,
+    accumulate: bool,
+    lhs: &[T],
+    l: Mat,
+    rhs: &[T],
+    r: Mat,
+    alpha: T,
+) {
+    // Internal invariants (shapes were checked at the op boundary); they guard the unsafe call.
+    assert!(
+        l.rows == d.rows && r.cols == d.cols && l.cols == r.rows,
+        "matmul shapes {d:?} {l:?} {r:?}"
+    );
+    assert!(
+        d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()),
+        "matmul view out of bounds"
+    );
+    if d.rows == 0 || d.cols == 0 || l.cols == 0 {
+        return;
+    }
+    // SAFETY: every element addressed by the three views lies inside its slice (checked above), and
+    // `dst` is borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            d.rows,
+            d.cols,
+            l.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.cs as isize,
+            d.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(l.offset),
+            l.cs as isize,
+            l.rs as isize,
+            rhs.as_ptr().add(r.offset),
+            r.cs as isize,
+            r.rs as isize,
+            T::one(),
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 
@@ -194,7 +288,9 @@ pub(crate) fn has_avx2() -> bool {
 /// Defines a kernel function twice: for the baseline target and, on x86-64, with AVX2 + FMA enabled,
 /// choosing at run time. Rust builds for baseline x86-64 (SSE2) by default, so without this the
 /// element loops run at a quarter of the vector width gemm (which dispatches the same way) gets.
-/// The body is `#[inline(always)]` so the helpers it calls are compiled inside each version.
+/// The body is `#[inline(always)]` so the helpers it calls are compiled inside each version; bodies
+/// use plain index loops, because iterator adapters taking closures (`for_each`, `fold`) are separate
+/// functions that LLVM may leave out of line, compiled for the baseline.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$T:ident: Real>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*

@@ -74,17 +74,34 @@ cpu::multiversion! {
     fn forward_chunk<T: Real>(kind: Gelu, x: &mut [T]) {
         // One loop per form, so each is a straight vectorisable loop.
         match kind {
-            Gelu::Erf => x.iter_mut().for_each(|v| *v = value(Gelu::Erf, *v)),
-            Gelu::Tanh => x.iter_mut().for_each(|v| *v = value(Gelu::Tanh, *v)),
+            Gelu::Erf => {
+                for i in 0..x.len() {
+                    x[i] = value(Gelu::Erf, x[i]);
+                }
+            }
+            Gelu::Tanh => {
+                for i in 0..x.len() {
+                    x[i] = value(Gelu::Tanh, x[i]);
+                }
+            }
         }
     }
 }
 
 cpu::multiversion! {
     fn backward_chunk<T: Real>(kind: Gelu, x: &[T], g: &mut [T]) {
+        let g = &mut g[..x.len()];
         match kind {
-            Gelu::Erf => g.iter_mut().zip(x).for_each(|(g, &x)| *g = *g * derivative(Gelu::Erf, x)),
-            Gelu::Tanh => g.iter_mut().zip(x).for_each(|(g, &x)| *g = *g * derivative(Gelu::Tanh, x)),
+            Gelu::Erf => {
+                for i in 0..x.len() {
+                    g[i] = g[i] * derivative(Gelu::Erf, x[i]);
+                }
+            }
+            Gelu::Tanh => {
+                for i in 0..x.len() {
+                    g[i] = g[i] * derivative(Gelu::Tanh, x[i]);
+                }
+            }
         }
     }
 }

@@ -69,7 +69,9 @@ fn forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
 cpu::multiversion! {
     fn forward_rows<T: Real>(x: &[T], y: &mut [T], w: &[T], b: &[T], eps: f64) {
         let d = w.len();
-        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let (w, b) = (&w[..d], &b[..d]);
+        for r in 0..x.len() / d {
+            let (x, y) = (&x[r * d..(r + 1) * d], &mut y[r * d..(r + 1) * d]);
             // y holds x - mean first, so the variance is a vectorised dot product.
             let rstd = center(x, y, eps);
             for i in 0..d {
@@ -84,8 +86,9 @@ cpu::multiversion! {
 fn center<T: Real>(x: &[T], xc: &mut [T], eps: f64) -> T {
     let n = cpu::c::<T>(x.len() as f64);
     let mean = cpu::sum(x) / n;
-    for (c, &v) in xc.iter_mut().zip(x) {
-        *c = v - mean;
+    let xc = &mut xc[..x.len()];
+    for i in 0..x.len() {
+        xc[i] = x[i] - mean;
     }
     let var = cpu::dot(xc, xc) / n;
     (var + cpu::c(eps)).sqrt().recip()
@@ -133,7 +136,10 @@ cpu::multiversion! {
         let n = cpu::c::<T>(d as f64);
         let mut xh = vec![T::zero(); d];
         let mut g = vec![T::zero(); d];
-        for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+        let (w, dw, db) = (&w[..d], &mut dw[..d], &mut db[..d]);
+        for r in 0..x.len() / d {
+            let (x, dy) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
+            let dx = &mut dx[r * d..(r + 1) * d];
             let rstd = center(x, &mut xh, eps);
             for i in 0..d {
                 xh[i] = xh[i] * rstd;

@@ -33,14 +33,16 @@ struct Softmax;
 pub(crate) fn softmax_row<T: Real>(row: &mut [T]) {
     let max = cpu::max(row);
     if max == T::neg_infinity() {
-        row.iter_mut().for_each(|v| *v = T::zero());
+        row.fill(T::zero());
         return;
     }
-    for v in row.iter_mut() {
-        *v = (*v - max).exp_fast();
+    for i in 0..row.len() {
+        row[i] = (row[i] - max).exp_fast();
     }
     let inv = cpu::sum(row).recip();
-    row.iter_mut().for_each(|v| *v = *v * inv);
+    for i in 0..row.len() {
+        row[i] = row[i] * inv;
+    }
 }
 
 fn forward<T: Real>(x: &[T], d: usize) -> Vec<T> {
@@ -52,7 +54,9 @@ fn forward<T: Real>(x: &[T], d: usize) -> Vec<T> {
 
 cpu::multiversion! {
     fn forward_rows<T: Real>(rows: &mut [T], d: usize) {
-        rows.chunks_exact_mut(d).for_each(softmax_row);
+        for r in 0..rows.len() / d {
+            softmax_row(&mut rows[r * d..(r + 1) * d]);
+        }
     }
 }
 
@@ -67,7 +71,9 @@ fn backward<T: Real>(y: &[T], dy: &[T], d: usize) -> Vec<T> {
 
 cpu::multiversion! {
     fn backward_rows<T: Real>(dx: &mut [T], y: &[T], dy: &[T], d: usize) {
-        for ((dx, y), dy) in dx.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+        for r in 0..y.len() / d {
+            let (y, dy) = (&y[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
+            let dx = &mut dx[r * d..(r + 1) * d];
             let s = cpu::dot(y, dy);
             for i in 0..d {
                 dx[i] = y[i] * (dy[i] - s);
