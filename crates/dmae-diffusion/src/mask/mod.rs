@@ -139,6 +139,16 @@ impl MaskIndices {
         })
     }
 
+    /// The same index sets on another device.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            visible: self.visible.to_device(device)?,
+            masked: self.masked.to_device(device)?,
+            ids_restore: self.ids_restore.to_device(device)?,
+            masks: self.masks.clone(),
+        })
+    }
+
     /// Visible (kept) patch indices, `(N, L_v)` u32, ascending per sample.
     pub fn visible(&self) -> &Tensor {
         &self.visible
@@ -404,6 +414,12 @@ mod tests {
             mi.mask_tensor(DType::F32)?.to_vec2::<f32>()?,
             vec![vec![1., 0., 0., 1., 0.], vec![0., 1., 1., 0., 0.]]
         );
+        let moved = mi.to_device(&Device::Cpu)?;
+        assert_eq!(
+            moved.masked().to_vec2::<u32>()?,
+            mi.masked().to_vec2::<u32>()?
+        );
+        assert_eq!(moved.masks(), mi.masks());
         Ok(())
     }
 
