@@ -150,6 +150,26 @@ mod tests {
     }
 
     #[test]
+    fn noise_does_not_depend_on_thread_count() -> Result<()> {
+        let key = RngKey::new(2, 9);
+        let draw = |threads: usize| -> Result<Vec<f32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| Error::invalid("threads", "a thread pool", e))?;
+            pool.install(|| {
+                Ok(standard_normal(key, (16, 3, 7), DType::F32, &Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1()?)
+            })
+        };
+        let one = draw(1)?;
+        assert_eq!(one, draw(2)?);
+        assert_eq!(one, draw(5)?);
+        Ok(())
+    }
+
+    #[test]
     fn noise_of_a_sample_does_not_depend_on_batch_size() -> Result<()> {
         let key = RngKey::new(11, 5);
         let a = standard_normal(key, (2, 3, 5), DType::F32, &Device::Cpu)?;
