@@ -207,7 +207,7 @@ cpu::multiversion! {
             if let Some((m, mv)) = mask {
                 let base = mv.offset + n * mv.stride[0] + h * mv.stride[1] + i * mv.stride[2];
                 for j in 0..lk {
-                    row[j] = row[j] + m[base + j * mv.stride[3]];
+                    row[j] += m[base + j * mv.stride[3]];
                 }
             }
             softmax_row(row);

@@ -5,7 +5,15 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor, WithDType};
 
 /// The float types the CPU kernels are written for (f32 for training, f64 for gradient checks).
-pub(crate) trait Real: WithDType + num_traits::Float + Send + Sync + std::iter::Sum {
+pub(crate) trait Real:
+    WithDType
+    + num_traits::Float
+    + Send
+    + Sync
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+{
     /// `exp`. For f32 a branch-free polynomial (Cephes `expf`, ~1 ulp) that the compiler vectorises,
     /// with `exp(x) = 0` below -87.3 so that `-inf` logits give exact zeros; f64 uses libm.
     fn exp_fast(self) -> Self;
@@ -48,7 +56,7 @@ fn exp_f32(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 5e-1;
     let p = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
     if x < -87.3 {
@@ -70,7 +78,7 @@ fn erf_f32(x: f32) -> f32 {
     // Near zero the formula above is 1 minus almost 1; the Taylor series keeps relative accuracy.
     let x2 = x * x;
     let series = x
-        * (1.128_379_2
+        * (std::f32::consts::FRAC_2_SQRT_PI
             + x2 * (-0.376_126_4 + x2 * (0.112_837_92 + x2 * (-0.026_866_17 + x2 * 0.005_223_93))));
     if a < 0.3 {
         series
@@ -118,6 +126,7 @@ pub(crate) fn rows_per_task(cols: usize) -> usize {
 /// `sum(a[i] * b[i])` with eight independent accumulators, so the compiler can vectorise the
 /// reduction (a single accumulator is a serial dependency chain).
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -125,23 +134,24 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let chunks = n / 8;
     for i in 0..chunks {
         for l in 0..8 {
-            acc[l] = acc[l] + a[8 * i + l] * b[8 * i + l];
+            acc[l] += a[8 * i + l] * b[8 * i + l];
         }
     }
     let mut tail = T::zero();
     for i in chunks * 8..n {
-        tail = tail + a[i] * b[i];
+        tail += a[i] * b[i];
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// `y += alpha * x`.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 pub(crate) fn axpy<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
     let n = x.len().min(y.len());
     let (x, y) = (&x[..n], &mut y[..n]);
     for i in 0..n {
-        y[i] = y[i] + alpha * x[i];
+        y[i] += alpha * x[i];
     }
 }
 
@@ -239,17 +249,18 @@ pub(crate) fn matmul<T: Real>(
 
 /// `sum(a)` with eight accumulators (see [`dot`]).
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 pub(crate) fn sum<T: Real>(a: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = a.len() / 8;
     for i in 0..chunks {
         for l in 0..8 {
-            acc[l] = acc[l] + a[8 * i + l];
+            acc[l] += a[8 * i + l];
         }
     }
     let mut tail = T::zero();
     for &v in &a[chunks * 8..] {
-        tail = tail + v;
+        tail += v;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -296,6 +307,7 @@ macro_rules! multiversion {
         $(#[$m])*
         $vis fn $name<$T: $crate::cpu::Real>($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
+            #[allow(clippy::needless_range_loop)] // index loops on purpose, see above
             fn imp<$T: $crate::cpu::Real>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {

@@ -94,12 +94,12 @@ cpu::multiversion! {
         match kind {
             Gelu::Erf => {
                 for i in 0..x.len() {
-                    g[i] = g[i] * derivative(Gelu::Erf, x[i]);
+                    g[i] *= derivative(Gelu::Erf, x[i]);
                 }
             }
             Gelu::Tanh => {
                 for i in 0..x.len() {
-                    g[i] = g[i] * derivative(Gelu::Tanh, x[i]);
+                    g[i] *= derivative(Gelu::Tanh, x[i]);
                 }
             }
         }

@@ -142,10 +142,10 @@ cpu::multiversion! {
             let dx = &mut dx[r * d..(r + 1) * d];
             let rstd = center(x, &mut xh, eps);
             for i in 0..d {
-                xh[i] = xh[i] * rstd;
+                xh[i] *= rstd;
                 g[i] = dy[i] * w[i];
-                dw[i] = dw[i] + dy[i] * xh[i];
-                db[i] = db[i] + dy[i];
+                dw[i] += dy[i] * xh[i];
+                db[i] += dy[i];
             }
             let mg = cpu::sum(&g) / n;
             let mgxh = cpu::dot(&g, &xh) / n;

@@ -30,6 +30,7 @@ struct Softmax;
 
 /// Numerically stable softmax of one row, in place: subtract the max before `exp`.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // index loops vectorise inside the multiversioned callers
 pub(crate) fn softmax_row<T: Real>(row: &mut [T]) {
     let max = cpu::max(row);
     if max == T::neg_infinity() {
@@ -41,7 +42,7 @@ pub(crate) fn softmax_row<T: Real>(row: &mut [T]) {
     }
     let inv = cpu::sum(row).recip();
     for i in 0..row.len() {
-        row[i] = row[i] * inv;
+        row[i] *= inv;
     }
 }
 
