@@ -321,6 +321,22 @@ mod tests {
     }
 
     #[test]
+    fn backward_matches_candle_composition() {
+        assert_matches_reference(
+            |t| patchify(&t[0], 4).map_err(Into::into),
+            |t| crate::reference::patchify(&t[0], 4),
+            &[randn(&[3, 3, 8, 16], 9)],
+            1e-7,
+        );
+        assert_matches_reference(
+            |t| patchify_video(&t[0], 2, 2).map_err(Into::into),
+            |t| crate::reference::patchify_video(&t[0], 2, 2),
+            &[randn(&[2, 3, 4, 4, 6], 10)],
+            1e-7,
+        );
+    }
+
+    #[test]
     fn rejects_indivisible_sizes() {
         let x = randn(&[1, 1, 7, 8], 1);
         let e = patchify(&x, 4).unwrap_err().to_string();

@@ -77,6 +77,24 @@ pub fn gather_tokens(x: &Tensor, idx: &Tensor) -> Result<Tensor> {
     x.gather(&idx, 1)
 }
 
+/// Token scatter as `base * (1 - written) + onehot @ src`, with `onehot` (N, L, K) built from `idx`.
+/// (candle's own `scatter_add` backward fails on these shapes in 0.11.)
+pub fn scatter_tokens(base: &Tensor, src: &Tensor, idx: &Tensor) -> Result<Tensor> {
+    let (n, l, _) = base.dims3()?;
+    let k = idx.dim(1)?;
+    let idx = idx.to_vec2::<u32>()?;
+    let mut onehot = vec![0f32; n * l * k];
+    for (b, row) in idx.iter().enumerate() {
+        for (j, &i) in row.iter().enumerate() {
+            onehot[(b * l + i as usize) * k + j] = 1.0;
+        }
+    }
+    let onehot = Tensor::from_vec(onehot, (n, l, k), base.device())?.to_dtype(base.dtype())?;
+    let written = onehot.sum_keepdim(2)?;
+    base.broadcast_mul(&written.affine(-1.0, 1.0)?)?
+        .add(&onehot.matmul(src)?)
+}
+
 /// One AdamW step with candle tensor ops, returning `(p, m, v)`; `t` is 1-based.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(

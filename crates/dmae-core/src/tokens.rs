@@ -371,6 +371,17 @@ mod tests {
     }
 
     #[test]
+    fn scatter_matches_candle() {
+        let i = idx(&[6, 1, 3, 0, 5, 2], 2);
+        assert_matches_reference(
+            |t| scatter_tokens(&t[0], &t[1], &t[2]).map_err(Into::into),
+            |t| crate::reference::scatter_tokens(&t[0], &t[1], &t[2]),
+            &[randn(&[2, 7, 16], 7), randn(&[2, 3, 16], 8), i],
+            1e-6,
+        );
+    }
+
+    #[test]
     fn gather_matches_candle_and_scatter_inverts_it() {
         let i = idx(&[6, 1, 3, 0, 5, 2, 2, 4], 2);
         assert_matches_reference(
