@@ -16,7 +16,7 @@
 //! | [`gather_tokens`], [`scatter_tokens`] | `tokens` | per-sample token selection by index |
 //! | [`AdamW`] | `adamw` | fused AdamW step |
 //!
-//! [`reference`] holds the same functions composed from plain candle ops (the baseline of the tests
+//! [`reference`](mod@reference) holds the same functions composed from plain candle ops (the baseline of the tests
 //! and of `cargo xtask bench ops`), and [`gradcheck`] the finite-difference checker.
 //!
 //! ```
