@@ -61,13 +61,60 @@ impl Sample {
         Ok(Sample { data, shape, label })
     }
 
-    /// A sample with the same channel/frame layout as `self` but new spatial size and pixels.
-    pub(crate) fn with_spatial(&self, data: Vec<f32>, height: usize, width: usize) -> Result<Self> {
-        let mut shape = self.shape.clone();
-        let n = shape.len();
-        shape[n - 2] = height;
-        shape[n - 1] = width;
-        Self::new(data, shape, self.label)
+    /// Replaces the pixels with `src`, a sample of the same channels/frames at `height x width`, reusing this
+    /// sample's allocation (no new memory when the new size is not larger).
+    pub(crate) fn set_spatial_from(
+        &mut self,
+        src: &[f32],
+        height: usize,
+        width: usize,
+    ) -> Result<()> {
+        let want = self.planes() * height * width;
+        if src.len() != want || height == 0 || width == 0 {
+            return Err(Error::Config(format!(
+                "{} values do not make {} planes of {height}x{width}",
+                src.len(),
+                self.planes()
+            )));
+        }
+        self.data.clear();
+        self.data.extend_from_slice(src);
+        let n = self.shape.len();
+        self.shape[n - 2] = height;
+        self.shape[n - 1] = width;
+        Ok(())
+    }
+
+    /// Keeps the `height x width` window at (`top`, `left`) of every plane, in place.
+    pub(crate) fn crop_in_place(
+        &mut self,
+        top: usize,
+        left: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<()> {
+        let (h, w, planes) = (self.height(), self.width(), self.planes());
+        if height == 0 || width == 0 || top + height > h || left + width > w {
+            return Err(Error::Config(format!(
+                "crop {height}x{width} at ({top}, {left}) does not fit a {h}x{w} sample"
+            )));
+        }
+        if (height, width) == (h, w) {
+            return Ok(());
+        }
+        // Destination offsets never exceed source offsets, so a forward copy is safe.
+        for p in 0..planes {
+            for r in 0..height {
+                let src = p * h * w + (top + r) * w + left;
+                let dst = (p * height + r) * width;
+                self.data.copy_within(src..src + width, dst);
+            }
+        }
+        self.data.truncate(planes * height * width);
+        let n = self.shape.len();
+        self.shape[n - 2] = height;
+        self.shape[n - 1] = width;
+        Ok(())
     }
 
     /// The shape: `[C, H, W]` for images, `[C, T, H, W]` for video.

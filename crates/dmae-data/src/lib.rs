@@ -38,6 +38,7 @@ pub mod idx;
 pub mod loader;
 pub mod mnist;
 pub mod moving_mnist;
+mod pool;
 pub mod rng;
 pub mod transforms;
 

@@ -91,6 +91,7 @@ impl Batch {
     }
 
     /// Stacks samples of identical shape into a CPU batch; `indices[i]` is the dataset index of `samples[i]`.
+    /// The copy runs on the current rayon pool.
     pub fn collate(samples: &[Sample], indices: &[usize]) -> Result<Batch> {
         let first = samples
             .first()
@@ -103,7 +104,6 @@ impl Batch {
             )));
         }
         let numel = first.data().len();
-        let mut data = Vec::with_capacity(numel * samples.len());
         let mut labels = Vec::with_capacity(samples.len());
         for (s, &index) in samples.iter().zip(indices) {
             if s.shape() != first.shape() {
@@ -113,9 +113,14 @@ impl Batch {
                     expected: first.shape().to_vec(),
                 });
             }
-            data.extend_from_slice(s.data());
             labels.push(s.label());
         }
+        // Zeroed allocation is lazy (fresh pages); copying in parallel spreads the page faults of a batch that
+        // can be tens of megabytes over the calling rayon pool's threads.
+        let mut data = vec![0f32; numel * samples.len()];
+        data.par_chunks_mut(numel)
+            .zip(samples.par_iter())
+            .for_each(|(dst, s)| dst.copy_from_slice(s.data()));
         let mut shape = vec![samples.len()];
         shape.extend_from_slice(first.shape());
         Ok(Batch {
@@ -373,7 +378,10 @@ impl Producer {
             self.done = true;
             return None;
         }
-        let batch = Batch::collate(&samples, &indices);
+        let batch = self.pool.install(|| Batch::collate(&samples, &indices));
+        for s in samples {
+            crate::pool::give(s.into_parts().0);
+        }
         if batch.is_err() {
             self.done = true;
         }

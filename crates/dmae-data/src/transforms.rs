@@ -6,6 +6,7 @@
 //! Resizing is separable bilinear interpolation with PIL-style antialiasing (the triangle filter widens by the
 //! downscale factor), the behaviour of torchvision's `Resize`/`RandomResizedCrop` with `antialias=True`.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use rand::Rng;
@@ -108,9 +109,16 @@ pub struct CropBox {
     pub width: usize,
 }
 
-/// Crops `region` of every plane and resizes it to `out_h x out_w` (antialiased bilinear).
+thread_local! {
+    /// Per-thread scratch (intermediate rows, output) reused across samples: fresh multi-hundred-kilobyte
+    /// allocations per image cost more in page faults than the arithmetic.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Crops `region` of every plane and resizes it to `out_h x out_w` (antialiased bilinear), reusing the sample's
+/// memory.
 pub fn resized_crop(
-    sample: &Sample,
+    mut sample: Sample,
     region: CropBox,
     out_h: usize,
     out_w: usize,
@@ -131,60 +139,89 @@ pub fn resized_crop(
         )));
     }
     if region.height == out_h && region.width == out_w {
-        if out_h == h && out_w == w {
-            return Ok(sample.clone());
-        }
-        return crop_planes(sample, region);
+        sample.crop_in_place(region.top, region.left, out_h, out_w)?;
+        return Ok(sample);
     }
     let wx = Weights::new(region.left, region.width, out_w);
     let wy = Weights::new(region.top, region.height, out_h);
-    let src = sample.data();
     let planes = sample.planes();
-    let mut tmp = vec![0f32; region.height * out_w];
-    let mut out = vec![0f32; planes * out_h * out_w];
-    for p in 0..planes {
-        let plane = &src[p * h * w..(p + 1) * h * w];
-        // Horizontal pass over the rows of the crop.
-        for r in 0..region.height {
-            let row = &plane[(region.top + r) * w..(region.top + r + 1) * w];
-            let dst = &mut tmp[r * out_w..(r + 1) * out_w];
-            for (x, d) in dst.iter_mut().enumerate() {
-                let (start, ws) = wx.taps(x);
-                *d = row[start..start + ws.len()]
-                    .iter()
-                    .zip(ws)
-                    .map(|(a, b)| a * b)
-                    .sum();
+    let run = |tmp: &mut Vec<f32>, out: &mut Vec<f32>, sample: &mut Sample| -> Result<()> {
+        tmp.clear();
+        tmp.resize(region.height * out_w, 0.0);
+        out.clear();
+        out.resize(planes * out_h * out_w, 0.0);
+        let src = sample.data();
+        for p in 0..planes {
+            let plane = &src[p * h * w..(p + 1) * h * w];
+            // Horizontal pass over the rows of the crop, with a tap count fixed at compile time where possible.
+            for r in 0..region.height {
+                let row = &plane[(region.top + r) * w..(region.top + r + 1) * w];
+                let dst = &mut tmp[r * out_w..(r + 1) * out_w];
+                match wx.k {
+                    1 => hpass::<1>(row, dst, &wx),
+                    2 => hpass::<2>(row, dst, &wx),
+                    3 => hpass::<3>(row, dst, &wx),
+                    4 => hpass::<4>(row, dst, &wx),
+                    5 => hpass::<5>(row, dst, &wx),
+                    6 => hpass::<6>(row, dst, &wx),
+                    7 => hpass::<7>(row, dst, &wx),
+                    8 => hpass::<8>(row, dst, &wx),
+                    _ => hpass_any(row, dst, &wx),
+                }
             }
-        }
-        // Vertical pass: weighted sums of whole rows (vectorises well).
-        let dst_plane = &mut out[p * out_h * out_w..(p + 1) * out_h * out_w];
-        for y in 0..out_h {
-            let (start, ws) = wy.taps(y);
-            let start = start - region.top;
-            let dst = &mut dst_plane[y * out_w..(y + 1) * out_w];
-            for (k, &wk) in ws.iter().enumerate() {
-                let srow = &tmp[(start + k) * out_w..(start + k + 1) * out_w];
-                for (d, s) in dst.iter_mut().zip(srow) {
-                    *d += wk * s;
+            // Vertical pass: weighted sums of whole rows (vectorises well).
+            let dst_plane = &mut out[p * out_h * out_w..(p + 1) * out_h * out_w];
+            for y in 0..out_h {
+                let (start, ws) = wy.taps(y);
+                let start = start - region.top;
+                let dst = &mut dst_plane[y * out_w..(y + 1) * out_w];
+                for (k, &wk) in ws.iter().enumerate() {
+                    let srow = &tmp[(start + k) * out_w..(start + k + 1) * out_w];
+                    for (d, s) in dst.iter_mut().zip(srow) {
+                        *d += wk * s;
+                    }
                 }
             }
         }
-    }
-    sample.with_spatial(out, out_h, out_w)
+        sample.set_spatial_from(out, out_h, out_w)
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let (tmp, out) = &mut *scratch;
+            run(tmp, out, &mut sample)
+        }
+        // Re-entered from a nested call on this thread: use fresh buffers.
+        Err(_) => run(&mut Vec::new(), &mut Vec::new(), &mut sample),
+    })?;
+    Ok(sample)
 }
 
-fn crop_planes(sample: &Sample, b: CropBox) -> Result<Sample> {
-    let (h, w) = (sample.height(), sample.width());
-    let src = sample.data();
-    let mut out = Vec::with_capacity(sample.planes() * b.height * b.width);
-    for p in 0..sample.planes() {
-        let plane = &src[p * h * w..(p + 1) * h * w];
-        for r in b.top..b.top + b.height {
-            out.extend_from_slice(&plane[r * w + b.left..r * w + b.left + b.width]);
+/// One row of the horizontal pass with `K` (zero-padded) taps per output pixel.
+fn hpass<const K: usize>(row: &[f32], dst: &mut [f32], wx: &Weights) {
+    for ((d, &s), w) in dst
+        .iter_mut()
+        .zip(&wx.padded_starts)
+        .zip(wx.padded.chunks_exact(K))
+    {
+        let src = &row[s..s + K];
+        let mut acc = 0.0;
+        for j in 0..K {
+            acc += w[j] * src[j];
         }
+        *d = acc;
     }
-    sample.with_spatial(out, b.height, b.width)
+}
+
+/// The horizontal pass for any tap count (strong downscaling).
+fn hpass_any(row: &[f32], dst: &mut [f32], wx: &Weights) {
+    let k = wx.k;
+    for ((d, &s), w) in dst
+        .iter_mut()
+        .zip(&wx.padded_starts)
+        .zip(wx.padded.chunks_exact(k))
+    {
+        *d = row[s..s + k].iter().zip(w).map(|(a, b)| a * b).sum();
+    }
 }
 
 /// Antialiased bilinear weights along one axis: for each output pixel, a start index and normalised weights.
@@ -193,6 +230,11 @@ struct Weights {
     lens: Vec<usize>,
     stride: usize,
     w: Vec<f32>,
+    /// Taps per output in the padded form, `min(stride, in_len)`.
+    k: usize,
+    /// Padded form: output `i` reads source `padded_starts[i] + j` with weight `padded[i * k + j]`, `j < k`.
+    padded_starts: Vec<usize>,
+    padded: Vec<f32>,
 }
 
 impl Weights {
@@ -230,11 +272,28 @@ impl Weights {
             starts.push(offset + lo);
             lens.push(hi - lo);
         }
+        // Padded form: every output gets exactly `k` taps inside the source range, with zero weights where the
+        // filter does not reach.
+        let k = stride.min(in_len);
+        let mut padded_starts = Vec::with_capacity(out_len);
+        let mut padded = vec![0f32; k * out_len];
+        for i in 0..out_len {
+            let lo = starts[i] - offset;
+            let start = lo.min(in_len - k);
+            let shift = lo - start;
+            for j in 0..lens[i] {
+                padded[i * k + shift + j] = w[i * stride + j];
+            }
+            padded_starts.push(offset + start);
+        }
         Weights {
             starts,
             lens,
             stride,
             w,
+            k,
+            padded_starts,
+            padded,
         }
     }
 
@@ -308,7 +367,7 @@ impl Transform for Resize {
             height: h,
             width: w,
         };
-        resized_crop(&sample, all, oh, ow)
+        resized_crop(sample, all, oh, ow)
     }
 }
 
@@ -340,15 +399,14 @@ impl Transform for CenterCrop {
         if (self.height, self.width) == (h, w) {
             return Ok(sample);
         }
-        crop_planes(
-            &sample,
-            CropBox {
-                top: (h - self.height) / 2,
-                left: (w - self.width) / 2,
-                height: self.height,
-                width: self.width,
-            },
-        )
+        let mut sample = sample;
+        sample.crop_in_place(
+            (h - self.height) / 2,
+            (w - self.width) / 2,
+            self.height,
+            self.width,
+        )?;
+        Ok(sample)
     }
 }
 
@@ -442,7 +500,7 @@ impl Transform for RandomResizedCrop {
             )));
         }
         let b = self.sample_box(sample.height(), sample.width(), rng);
-        resized_crop(&sample, b, self.height, self.width)
+        resized_crop(sample, b, self.height, self.width)
     }
 }
 

@@ -245,6 +245,30 @@ fn image_folder_classes_channels_and_bad_files() {
     assert_eq!((c.shape(), c.label()), (&[3usize, 12, 8][..], 1));
     let gray = ImageFolder::open(root, Channels::Gray).unwrap();
     assert_eq!(gray.get(1).unwrap().shape(), &[1, 16, 16]);
+    // RGB to gray uses image's Rec. 709 luma: red ramp x*255/20, green y*255/10, blue 200 at (x=10, y=0).
+    let g = gray.get(0).unwrap();
+    let luma = image::DynamicImage::ImageRgb8(test_image(20, 10, 200)).to_luma8();
+    assert_eq!(g.data()[10], f32::from(luma.get_pixel(10, 0)[0]) / 255.0);
+
+    // An 8-bit grayscale PNG: exact in gray, replicated into three equal planes in RGB.
+    let l8 = image::GrayImage::from_fn(7, 5, |x, y| image::Luma([(x * 30 + y) as u8]));
+    std::fs::create_dir_all(root.join("gray")).unwrap();
+    l8.save(root.join("gray/l.png")).unwrap();
+    let rgb = ImageFolder::open(root, Channels::Rgb).unwrap();
+    let gray = ImageFolder::open(root, Channels::Gray).unwrap();
+    let i = (0..rgb.len())
+        .find(|&i| rgb.item(i).unwrap().0.ends_with("gray/l.png"))
+        .unwrap();
+    let (a, b) = (rgb.get(i).unwrap(), gray.get(i).unwrap());
+    assert_eq!(
+        (a.shape(), b.shape()),
+        (&[3usize, 5, 7][..], &[1usize, 5, 7][..])
+    );
+    assert_eq!(b.data()[7 + 3], f32::from(3u8 * 30 + 1) / 255.0);
+    for c in 0..3 {
+        assert_eq!(&a.data()[c * 35..(c + 1) * 35], b.data());
+    }
+    std::fs::remove_dir_all(root.join("gray")).unwrap();
 
     // Now break files: a corrupt PNG, a truncated PNG, a truncated JPEG, garbage with an image name.
     let png = std::fs::read(root.join("cat/a.png")).unwrap();

@@ -335,7 +335,7 @@ fn transform_geometry() {
         width: 2,
     };
     assert_eq!(
-        resized_crop(&ramp(1, 4, 5), b, 2, 2).unwrap().data(),
+        resized_crop(ramp(1, 4, 5), b, 2, 2).unwrap().data(),
         &[7., 8., 12., 13.]
     );
     // Flip twice is the identity; once mirrors rows.
