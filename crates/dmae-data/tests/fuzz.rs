@@ -3,7 +3,8 @@
 //!
 //! Run more cases than the default 64 with, e.g.:
 //! `PROPTEST_CASES=20000 cargo test -p dmae-data --release --test fuzz`
-//! Failing inputs are shrunk and saved under `crates/dmae-data/proptest-regressions/` (commit them).
+//! Failing inputs are shrunk and saved under `crates/dmae-data/tests/proptest-regressions/` (commit them so
+//! they are replayed first).
 
 use std::io::Write;
 use std::path::Path;

@@ -150,6 +150,38 @@ fn epochs_shuffle_cover_and_drop_last() {
 }
 
 #[test]
+fn video_batches_are_five_dimensional() {
+    let mm = dmae_data::MovingMnist::new(
+        bundled_mnist(Split::Val).unwrap(),
+        dmae_data::MovingMnistConfig {
+            len: 10,
+            frames: 6,
+            canvas: 48,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let l = Loader::new(
+        mm,
+        LoaderConfig {
+            batch_size: 4,
+            drop_last: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .with_transform(
+        Compose::new()
+            .then(RandomResizedCrop::new(32, 32))
+            .then(RandomHorizontalFlip::new(0.5)),
+    );
+    let batches: Vec<Batch> = l.epoch(0).map(|b| b.unwrap()).collect();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0].images.dims(), &[4, 1, 6, 32, 32]);
+    assert_eq!(batches[0].labels.dims(), &[4]);
+}
+
+#[test]
 fn shards_partition_each_epoch() {
     let val = bundled_mnist(Split::Val).unwrap();
     let world = 3;
