@@ -58,7 +58,8 @@ fn exp_f32(x: f32) -> f32 {
         * r
         + 5e-1;
     let p = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // n is in [-126, 128] after the clamp, so the exponent field cannot overflow.
+    let scale = f32::from_bits(((n as i32).wrapping_add(127) << 23) as u32);
     if x < -87.3 {
         0.0
     } else {
