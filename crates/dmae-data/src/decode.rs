@@ -122,7 +122,8 @@ fn decode_with(
             Err(_) => &mut owned,
         };
         buf.clear();
-        buf.resize(n * src_channels, 0);
+        // Exactly what `read_image` requires: w * h * channels bytes, at most MAX_DECODED_BYTES (checked above).
+        buf.resize(decoder.total_bytes() as usize, 0);
         decoder.read_image(buf)?;
         let mut data = crate::pool::take(n * channels.count());
         match (src_channels, channels) {

@@ -12,7 +12,7 @@ const MIN_LEN: usize = 16 * 1024;
 /// At most this many buffers are kept.
 const MAX_BUFFERS: usize = 256;
 /// At most this many bytes are kept.
-const MAX_BYTES: usize = 512 << 20;
+const MAX_BYTES: usize = 256 << 20;
 
 struct Pool {
     buffers: Vec<Vec<f32>>,
