@@ -1,0 +1,143 @@
+//! [`DiffMae`]: encoder + decoder + parameters, the training forward, and the sampling
+//! [`Denoiser`] bundle.
+
+use candle_core::{Device, Tensor};
+use dmae_core::Param;
+use dmae_diffusion::Denoiser;
+
+use crate::config::ModelConfig;
+use crate::decoder::{Decoder, Encoded};
+use crate::encoder::Encoder;
+use crate::error::{check_shape, Error, Result};
+use crate::masking::TokenMask;
+use crate::params::{NamedParam, ParamStore};
+
+/// A DiffMAE (or, with [`ModelConfig::into_mae`], MAE) network.
+#[derive(Clone, Debug)]
+pub struct DiffMae {
+    config: ModelConfig,
+    /// The ViT encoder.
+    pub encoder: Encoder,
+    /// The decoder.
+    pub decoder: Decoder,
+    params: Vec<NamedParam>,
+}
+
+impl DiffMae {
+    /// A freshly initialised network (MAE's init, deterministic in `seed`), f32 on `device`.
+    pub fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let mut ps = ParamStore::new(seed, device);
+        let encoder = Encoder::new(&mut ps, &config)?;
+        let decoder = Decoder::new(&mut ps, &config)?;
+        Ok(Self {
+            config,
+            encoder,
+            decoder,
+            params: ps.params,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Every parameter with its checkpoint name, in creation order.
+    pub fn named_params(&self) -> &[NamedParam] {
+        &self.params
+    }
+
+    /// Optimiser parameters, MAE's pre-training groups: `weight_decay` on matrices, 0 on
+    /// biases, norms and tokens; lr scale 1.
+    pub fn optimizer_params(&self, weight_decay: f64) -> Vec<Param> {
+        self.params
+            .iter()
+            .map(|p| Param::new(p.var.clone(), if p.decays() { weight_decay } else { 0.0 }))
+            .collect()
+    }
+
+    /// Number of scalar parameters.
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    /// Runs the encoder once on the visible patches `x0_v (N, Lv, p·p·C)` at `masking.visible`
+    /// and prepares the decoder context with every cross-attention block's K/V cached.
+    pub fn encode(&self, x0_v: &Tensor, masking: &TokenMask) -> Result<Encoded> {
+        masking.check(self.config.num_patches())?;
+        let out = self.encoder.forward(x0_v, &masking.visible, None)?;
+        self.decoder.prepare(&self.encoder, out, true)
+    }
+
+    /// `x̂_0 = D(x_t^m, t, E(x_0^v))` of the masked patches, `(N, Lm, p·p·C)`.
+    pub fn decode(
+        &self,
+        ctx: &Encoded,
+        x_t: &Tensor,
+        masking: &TokenMask,
+        t: &[usize],
+    ) -> Result<Tensor> {
+        self.decoder.forward(ctx, x_t, masking, t)
+    }
+
+    /// The training forward: splits `patches (N, L, p·p·C)` by `masking`, encodes the visible
+    /// ones and decodes the noisy masked ones `x_t (N, Lm, p·p·C)` at timesteps `t`. The loss
+    /// is dmae-diffusion's `X0Loss` of the result against the masked patches.
+    pub fn forward(
+        &self,
+        patches: &Tensor,
+        masking: &TokenMask,
+        x_t: &Tensor,
+        t: &[usize],
+    ) -> Result<Tensor> {
+        let (n, lv, _lm) = masking.check(self.config.num_patches())?;
+        check_shape(
+            "patches",
+            patches,
+            &[n, self.config.num_patches(), self.config.patch_dim()],
+        )?;
+        let x0_v = dmae_core::gather_tokens(patches, &masking.visible)?;
+        let _ = lv;
+        let ctx = self.encode(&x0_v, masking)?;
+        self.decode(&ctx, x_t, masking, t)
+    }
+
+    /// A [`Denoiser`] for dmae-diffusion's samplers: this model, one encoded context and its
+    /// masking. The sampler calls only the decoder.
+    pub fn denoiser<'a>(&'a self, ctx: &'a Encoded, masking: &'a TokenMask) -> ModelDenoiser<'a> {
+        ModelDenoiser {
+            model: self,
+            ctx,
+            masking,
+        }
+    }
+}
+
+/// `(model, encoded context, mask)`: implements [`Denoiser`] by decoding with the cached context.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelDenoiser<'a> {
+    /// The network.
+    pub model: &'a DiffMae,
+    /// The encoder output of the visible patches (run once).
+    pub ctx: &'a Encoded,
+    /// Which patches are masked.
+    pub masking: &'a TokenMask,
+}
+
+impl Denoiser for ModelDenoiser<'_> {
+    fn predict_x0(&mut self, x_t: &Tensor, t: &[usize]) -> dmae_diffusion::Result<Tensor> {
+        self.model
+            .decode(self.ctx, x_t, self.masking, t)
+            .map_err(dmae_diffusion::Error::denoiser)
+    }
+}
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(e) => e,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}
