@@ -15,6 +15,7 @@
 //! | [`encoder`] | [`Encoder`] (ViT over visible patches, per-block outputs) |
 //! | [`decoder`] | [`Decoder`], [`Encoded`] (context with K/V cache) |
 //! | [`model`] | [`DiffMae`]: encode once, decode per step; [`ModelDenoiser`] for samplers |
+//! | [`checkpoint`] | safetensors with the config in the metadata; the tensor-name table |
 //! | [`error`] | [`Error`], [`Result`] |
 //!
 //! ```
@@ -40,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod block;
+pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod embed;

@@ -183,3 +183,88 @@ fn shape_errors_name_both_shapes() {
     )
     .is_err());
 }
+
+#[test]
+fn checkpoint_round_trip_and_errors() {
+    let dev = Device::Cpu;
+    let dir = std::env::temp_dir().join(format!("dmae-models-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for cfg in common::all_configs() {
+        let model = DiffMae::new(cfg.clone(), 9, &dev).unwrap();
+        let path = dir.join("m.safetensors");
+        model.save(&path).unwrap();
+        let back = DiffMae::load(&path, &dev).unwrap();
+        assert_eq!(back.config(), &cfg);
+        for (a, b) in model.named_params().iter().zip(back.named_params()) {
+            assert_eq!(a.name, b.name);
+            let d = (a.var.as_tensor() - b.var.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{}", a.name);
+        }
+    }
+    // Wrong shape, missing tensor, extra tensor, config mismatch.
+    let cfg = common::tiny(
+        dmae_models::DecoderKind::CrossSelf,
+        dmae_models::CrossSource::TopDown,
+    );
+    let model = DiffMae::new(cfg.clone(), 9, &dev).unwrap();
+    let mut map: std::collections::HashMap<String, Tensor> = model
+        .named_params()
+        .iter()
+        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+        .collect();
+    map.insert(
+        "encoder.norm.weight".into(),
+        Tensor::ones(31, DType::F32, &dev).unwrap(),
+    );
+    let e = DiffMae::from_tensors(cfg.clone(), map.clone(), &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("encoder.norm.weight") && e.contains("[32]") && e.contains("[31]"),
+        "{e}"
+    );
+    map.remove("encoder.norm.weight");
+    let e = DiffMae::from_tensors(cfg.clone(), map.clone(), &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing") && e.contains("encoder.norm.weight") && e.contains("[32]"),
+        "{e}"
+    );
+    map.insert(
+        "encoder.norm.weight".into(),
+        Tensor::ones(32, DType::F32, &dev).unwrap(),
+    );
+    map.insert(
+        "encoder.extra".into(),
+        Tensor::ones(3, DType::F32, &dev).unwrap(),
+    );
+    let e = DiffMae::from_tensors(cfg.clone(), map, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("encoder.extra") && e.contains("[3]"), "{e}");
+    let path = dir.join("m.safetensors");
+    model.save(&path).unwrap();
+    let other = DiffMae::new(
+        ModelConfig {
+            norm_eps: 1e-5,
+            ..cfg
+        },
+        0,
+        &dev,
+    )
+    .unwrap();
+    assert!(other
+        .load_weights(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("differs"));
+    std::fs::remove_dir_all(&dir).ok();
+}
