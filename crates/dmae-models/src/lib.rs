@@ -16,6 +16,7 @@
 //! | [`decoder`] | [`Decoder`], [`Encoded`] (context with K/V cache) |
 //! | [`model`] | [`DiffMae`]: encode once, decode per step; [`ModelDenoiser`] for samplers |
 //! | [`checkpoint`] | safetensors with the config in the metadata; the tensor-name table |
+//! | [`hf`] | Hugging Face ViTMAE import (local dir, hf-hub), [`DiffMae::mae_forward`] for parity |
 //! | [`error`] | [`Error`], [`Result`] |
 //!
 //! ```
@@ -47,6 +48,7 @@ pub mod decoder;
 pub mod embed;
 pub mod encoder;
 pub mod error;
+pub mod hf;
 pub mod masking;
 pub mod model;
 mod params;
@@ -57,6 +59,7 @@ pub use config::{
 pub use decoder::{Decoder, Encoded};
 pub use encoder::{Encoder, EncoderOutput};
 pub use error::{Error, Result};
+pub use hf::{HfVitMaeConfig, MaeOutput};
 pub use masking::TokenMask;
 pub use model::{DiffMae, ModelDenoiser};
 pub use params::NamedParam;

@@ -1,0 +1,111 @@
+//! Parity with transformers' ViTMAEForPreTraining on tiny random checkpoints made by
+//! tests/fixtures/make_vitmae_fixtures.py: same pixels, same masking noise, encoder
+//! last_hidden_state and decoder logits within 1e-4.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use dmae_models::DiffMae;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn max_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn vitmae_parity() {
+    let dev = Device::Cpu;
+    for (name, ratio) in [("vitmae-tiny-32", 0.75), ("vitmae-tiny-40", 0.6)] {
+        let model = DiffMae::from_hf_dir(fixture(name), &dev).unwrap();
+        let r = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &dev)
+            .unwrap();
+        let out = model
+            .mae_forward(&r["pixel_values"], &r["noise"], ratio)
+            .unwrap();
+        let e_h = max_err(&out.last_hidden_state, &r["last_hidden_state"]);
+        let e_l = max_err(&out.logits, &r["logits"]);
+        let e_m = max_err(&out.mask, &r["mask"]);
+        let e_i = max_err(
+            &out.ids_restore.to_dtype(DType::F32).unwrap(),
+            &r["ids_restore"],
+        );
+        eprintln!("{name}: last_hidden_state max err {e_h:.2e}, logits max err {e_l:.2e}");
+        assert!(e_h < 1e-4 && e_l < 1e-4, "{name}: {e_h} {e_l}");
+        assert_eq!((e_m, e_i), (0.0, 0.0));
+    }
+}
+
+#[test]
+fn vitmae_encoder_inits_a_diffmae() {
+    let dev = Device::Cpu;
+    let dir = fixture("vitmae-tiny-32");
+    let (hf, tensors) = dmae_models::hf::load_vitmae_files(
+        &dir.join("config.json"),
+        &dir.join("model.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let mut cfg = hf.to_model_config().unwrap();
+    cfg.decoder = dmae_models::DecoderConfig {
+        dim: 16,
+        heads: 2,
+        depth: 2,
+        ..Default::default()
+    };
+    let model = DiffMae::new(cfg, 0, &dev).unwrap();
+    model.load_encoder_from(&tensors).unwrap();
+    let a = model
+        .named_params()
+        .iter()
+        .find(|p| p.name == "encoder.blocks.1.attn.qkv.weight")
+        .unwrap();
+    assert_eq!(
+        max_err(
+            a.var.as_tensor(),
+            &tensors["encoder.blocks.1.attn.qkv.weight"]
+        ),
+        0.0
+    );
+    // A mismatched encoder names the tensor and both shapes.
+    let mut small = model.config().clone();
+    small.encoder.dim = 16;
+    small.encoder.heads = 2;
+    let e = DiffMae::new(small, 0, &dev)
+        .unwrap()
+        .load_encoder_from(&tensors)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("encoder.") && e.contains("16") && e.contains("32"),
+        "{e}"
+    );
+}
+
+#[cfg(feature = "hf-hub")]
+#[test]
+fn hub_offline_without_cache_is_a_clear_error() {
+    // SAFETY of env mutation: this is the only test in this binary touching these variables.
+    let dir = std::env::temp_dir().join(format!("dmae-empty-hf-{}", std::process::id()));
+    std::env::set_var("HF_HOME", &dir);
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let e = DiffMae::from_hf_hub("facebook/vit-mae-base", &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("HF_HUB_OFFLINE") && e.contains("facebook/vit-mae-base"),
+        "{e}"
+    );
+}
