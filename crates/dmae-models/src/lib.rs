@@ -15,6 +15,7 @@
 //! | [`encoder`] | [`Encoder`] (ViT over visible patches, per-block outputs) |
 //! | [`decoder`] | [`Decoder`], [`Encoded`] (context with K/V cache) |
 //! | [`model`] | [`DiffMae`]: encode once, decode per step; [`ModelDenoiser`] for samplers |
+//! | [`heads`] | [`Classifier`] (avg/cls pool, drop path, layer-wise lr decay), [`LinearProbe`] |
 //! | [`checkpoint`] | safetensors with the config in the metadata; the tensor-name table |
 //! | [`hf`] | Hugging Face ViTMAE import (local dir, hf-hub), [`DiffMae::mae_forward`] for parity |
 //! | [`error`] | [`Error`], [`Result`] |
@@ -48,6 +49,7 @@ pub mod decoder;
 pub mod embed;
 pub mod encoder;
 pub mod error;
+pub mod heads;
 pub mod hf;
 pub mod masking;
 pub mod model;
@@ -59,6 +61,7 @@ pub use config::{
 pub use decoder::{Decoder, Encoded};
 pub use encoder::{Encoder, EncoderOutput};
 pub use error::{Error, Result};
+pub use heads::{Classifier, LinearProbe, Pool};
 pub use hf::{HfVitMaeConfig, MaeOutput};
 pub use masking::TokenMask;
 pub use model::{DiffMae, ModelDenoiser};
