@@ -164,7 +164,7 @@ pub(crate) fn assign(params: &[NamedParam], tensors: &mut HashMap<String, Tensor
             return Err(Error::shape(&p.name, p.var.dims(), t.dims()));
         }
         p.var
-            .set(&t.to_dtype(DType::F32)?.to_device(p.var.device())?)?;
+            .set(&t.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
     }
     Ok(())
 }

@@ -140,7 +140,8 @@ impl Decoder {
             patch_embed,
             mask_token,
             time_embed,
-            pos_embed: sincos_2d_tensor(rows, cols, d.dim, true, ps.device())?,
+            pos_embed: sincos_2d_tensor(rows, cols, d.dim, true, ps.device())?
+                .to_dtype(ps.dtype())?,
             blocks,
             norm: LayerNorm::new(ps, "decoder.norm", d.dim, c.norm_eps)?,
             pred: Linear::new(ps, "decoder.pred", d.dim, c.patch_dim(), true)?,

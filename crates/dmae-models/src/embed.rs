@@ -92,7 +92,7 @@ impl TimeEmbed {
 
     /// `(N, dim)` for one 0-based timestep per sample.
     pub fn forward(&self, t: &[usize], device: &Device) -> Result<Tensor> {
-        let f = timestep_features(t, self.freq_dim, device)?;
+        let f = timestep_features(t, self.freq_dim, device)?.to_dtype(self.fc1.weight.dtype())?;
         let h = self.fc1.forward(&f)?.silu()?;
         self.fc2.forward(&h)
     }

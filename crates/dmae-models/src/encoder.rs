@@ -68,7 +68,8 @@ impl Encoder {
         Ok(Self {
             patch_embed,
             cls_token,
-            pos_embed: sincos_2d_tensor(rows, cols, e.dim, true, ps.device())?,
+            pos_embed: sincos_2d_tensor(rows, cols, e.dim, true, ps.device())?
+                .to_dtype(ps.dtype())?,
             blocks,
             norm: LayerNorm::new(ps, "encoder.norm", e.dim, c.norm_eps)?,
             drop_path: e.drop_path,
@@ -114,7 +115,9 @@ impl Encoder {
                 self.drop_path
             };
             let keep = match rng.as_mut() {
-                Some(r) if rate > 0.0 => Some(keep_scale(r, n, rate, x.device())?),
+                Some(r) if rate > 0.0 => {
+                    Some(keep_scale(r, n, rate, x.device())?.to_dtype(x.dtype())?)
+                }
                 _ => None,
             };
             x = b.forward(&x, None, keep.as_ref())?;

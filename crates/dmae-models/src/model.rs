@@ -1,7 +1,7 @@
 //! [`DiffMae`]: encoder + decoder + parameters, the training forward, and the sampling
 //! [`Denoiser`] bundle.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use dmae_core::Param;
 use dmae_diffusion::Denoiser;
 
@@ -26,8 +26,19 @@ pub struct DiffMae {
 impl DiffMae {
     /// A freshly initialised network (MAE's init, deterministic in `seed`), f32 on `device`.
     pub fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        Self::new_with_dtype(config, seed, device, DType::F32)
+    }
+
+    /// [`DiffMae::new`] with parameters in `dtype` (f32 for training; f64 on the CPU for
+    /// finite-difference checks). Inputs must then be in `dtype` too.
+    pub fn new_with_dtype(
+        config: ModelConfig,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate()?;
-        let mut ps = ParamStore::new(seed, device);
+        let mut ps = ParamStore::new(seed, device).with_dtype(dtype);
         let encoder = Encoder::new(&mut ps, &config)?;
         let decoder = Decoder::new(&mut ps, &config)?;
         Ok(Self {

@@ -46,6 +46,7 @@ pub(crate) struct ParamStore {
     pub(crate) params: Vec<NamedParam>,
     rng: ChaCha8Rng,
     device: Device,
+    dtype: DType,
 }
 
 impl ParamStore {
@@ -54,7 +55,17 @@ impl ParamStore {
             params: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             device: device.clone(),
+            dtype: DType::F32,
         }
+    }
+
+    pub(crate) fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub(crate) fn device(&self) -> &Device {
@@ -81,7 +92,7 @@ impl ParamStore {
                     .collect()
             }
         };
-        let t = Tensor::from_vec(data, shape, &self.device)?.to_dtype(DType::F32)?;
+        let t = Tensor::from_vec(data, shape, &self.device)?.to_dtype(self.dtype)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();
         self.params.push(NamedParam { name, var });
