@@ -158,6 +158,10 @@ pub struct ModelConfig {
     pub patch_size: usize,
     /// Image channels.
     pub in_channels: usize,
+    /// Video clips: frames per clip (1 = images). Inputs are then `(N, C, T, H, W)`.
+    pub num_frames: usize,
+    /// Video clips: frames per tubelet (`t x p x p` patches; divides `num_frames`).
+    pub tubelet: usize,
     /// The encoder.
     pub encoder: EncoderConfig,
     /// The decoder.
@@ -186,6 +190,8 @@ fn preset(
         image_size: [image, image],
         patch_size: patch,
         in_channels: 3,
+        num_frames: 1,
+        tubelet: 1,
         encoder: EncoderConfig {
             dim: enc.0,
             depth: enc.1,
@@ -264,14 +270,39 @@ impl ModelConfig {
             self.image_size[1] / self.patch_size.max(1),
         )
     }
-    /// Patches per image, `L`.
+    /// Temporal positions `T / t` (1 for images).
+    pub fn time_steps(&self) -> usize {
+        self.num_frames / self.tubelet.max(1)
+    }
+    /// Whether inputs are video clips (`num_frames > 1`).
+    pub fn is_video(&self) -> bool {
+        self.num_frames > 1
+    }
+    /// Patches (tubelets) per sample, `L = T' x rows x cols`, time-major.
     pub fn num_patches(&self) -> usize {
         let (r, c) = self.grid();
-        r * c
+        self.time_steps() * r * c
     }
-    /// Values per patch, `p * p * C`.
+    /// Values per patch, `t * p * p * C` (channel fastest, as dmae-core's patchify).
     pub fn patch_dim(&self) -> usize {
-        self.patch_size * self.patch_size * self.in_channels
+        self.tubelet * self.patch_size * self.patch_size * self.in_channels
+    }
+    /// Patchifies images `(N, C, H, W)` or, for video configs, clips `(N, C, T, H, W)`.
+    pub fn patchify(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        Ok(if self.is_video() {
+            dmae_core::patchify_video(x, self.tubelet, self.patch_size)?
+        } else {
+            dmae_core::patchify(x, self.patch_size)?
+        })
+    }
+    /// The input shape after the batch dimension: `[C, H, W]` or `[C, T, H, W]`.
+    pub fn input_dims(&self) -> Vec<usize> {
+        let [h, w] = self.image_size;
+        if self.is_video() {
+            vec![self.in_channels, self.num_frames, h, w]
+        } else {
+            vec![self.in_channels, h, w]
+        }
     }
     /// Checks every constraint the network relies on.
     pub fn validate(&self) -> Result<()> {
@@ -318,6 +349,15 @@ impl ModelConfig {
                     format!("mlp_ratio {ratio} must be positive"),
                 ));
             }
+        }
+        if self.num_frames == 0 || self.tubelet == 0 || self.num_frames % self.tubelet != 0 {
+            return Err(Error::config(
+                "tubelet",
+                format!(
+                    "{} frames are not a positive multiple of tubelet {}",
+                    self.num_frames, self.tubelet
+                ),
+            ));
         }
         // Every `dim` is split into sin/cos halves of sin/cos quarters by the 2-D embedding.
         if self.encoder.dim % 4 != 0 || self.decoder.dim % 4 != 0 {
@@ -385,6 +425,13 @@ mod tests {
             c.validate().unwrap();
             assert_eq!(ModelConfig::from_json(&c.to_json().unwrap()).unwrap(), c);
         }
+        let mut v = ModelConfig::tiny();
+        v.num_frames = 16;
+        v.tubelet = 2;
+        v.validate().unwrap();
+        assert_eq!((v.num_patches(), v.patch_dim()), (8 * 196, 2 * 16 * 16 * 3));
+        v.tubelet = 3;
+        assert!(v.validate().is_err());
         let m = ModelConfig::mnist();
         assert_eq!((m.num_patches(), m.patch_dim()), (49, 16));
         assert!(ModelConfig::preset("giant").is_err());

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use crate::block::{Block, BlockSpec, KvCache, LayerNorm, Linear};
 use crate::config::{mlp_hidden, CrossSource, DecoderKind, MaskedInput, ModelConfig};
-use crate::embed::{sincos_2d_tensor, TimeEmbed};
+use crate::embed::{pos_embed, TimeEmbed};
 use crate::encoder::{Encoder, EncoderOutput};
 use crate::error::{check_shape, Error, Result};
 use crate::masking::TokenMask;
@@ -140,7 +140,7 @@ impl Decoder {
             patch_embed,
             mask_token,
             time_embed,
-            pos_embed: sincos_2d_tensor(rows, cols, d.dim, true, ps.device())?
+            pos_embed: pos_embed(c.time_steps(), rows, cols, d.dim, ps.device())?
                 .to_dtype(ps.dtype())?,
             blocks,
             norm: LayerNorm::new(ps, "decoder.norm", d.dim, c.norm_eps)?,

@@ -49,6 +49,42 @@ pub fn sincos_2d_tensor(
     )?)
 }
 
+/// Fixed space-time position embedding of a `steps x rows x cols` tubelet grid (time-major
+/// tokens), `(1 + L, dim)` with a zero cls row: the 2-D [`sincos_2d`] of the spatial position
+/// plus a 1-D sin-cos of the temporal index (`[sin(t·ω), cos(t·ω)]`, `ω_i = 10000^(-i/(dim/2))`),
+/// i.e. MAE-ST's separable space + time embedding in fixed form. With `steps = 1` it equals
+/// [`sincos_2d`].
+pub fn pos_embed(
+    steps: usize,
+    rows: usize,
+    cols: usize,
+    dim: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let space = sincos_2d(rows, cols, dim, false);
+    let half = dim / 2;
+    let mut out = vec![0f32; dim];
+    for t in 0..steps {
+        let temporal: Vec<f32> = if steps > 1 {
+            let w = |i: usize| 1.0 / 10000f64.powf(i as f64 / half as f64);
+            (0..half)
+                .map(|i| (t as f64 * w(i)).sin() as f32)
+                .chain((0..half).map(|i| (t as f64 * w(i)).cos() as f32))
+                .collect()
+        } else {
+            vec![0.0; dim]
+        };
+        for s in space.chunks(dim) {
+            out.extend(s.iter().zip(&temporal).map(|(a, b)| a + b));
+        }
+    }
+    Ok(Tensor::from_vec(
+        out,
+        (1 + steps * rows * cols, dim),
+        device,
+    )?)
+}
+
 /// Sinusoidal time features `[sin(t·f_i), cos(t·f_i)]`, `f_i = 10000^(-i/half)`, `(N, dim)` f32
 /// (the reference script's `tstep`; DDPM's transformer embedding).
 pub fn timestep_features(t: &[usize], dim: usize, device: &Device) -> Result<Tensor> {

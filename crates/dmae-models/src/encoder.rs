@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::block::{Block, BlockSpec, LayerNorm, Linear};
 use crate::config::{mlp_hidden, ModelConfig};
-use crate::embed::sincos_2d_tensor;
+use crate::embed::pos_embed;
 use crate::error::{check_shape, Result};
 use crate::params::{Init, ParamStore};
 
@@ -68,7 +68,7 @@ impl Encoder {
         Ok(Self {
             patch_embed,
             cls_token,
-            pos_embed: sincos_2d_tensor(rows, cols, e.dim, true, ps.device())?
+            pos_embed: pos_embed(c.time_steps(), rows, cols, e.dim, ps.device())?
                 .to_dtype(ps.dtype())?,
             blocks,
             norm: LayerNorm::new(ps, "encoder.norm", e.dim, c.norm_eps)?,

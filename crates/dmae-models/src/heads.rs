@@ -26,16 +26,16 @@ pub enum Pool {
 }
 
 impl Encoder {
-    /// Encodes whole images `(N, C, H, W)` (every patch visible) and pools them to `(N, D)`
+    /// Encodes whole images `(N, C, H, W)` or clips `(N, C, T, H, W)` (every patch visible) and pools them to `(N, D)`
     /// (without `fc_norm`).
     pub fn features(
         &self,
         images: &Tensor,
-        patch_size: usize,
+        config: &ModelConfig,
         pool: Pool,
         drop_path_seed: Option<u64>,
     ) -> Result<Tensor> {
-        let patches = dmae_core::patchify(images, patch_size)?;
+        let patches = config.patchify(images)?;
         let (n, l, _) = patches.dims3()?;
         if l != self.num_patches() {
             return Err(Error::shape(
@@ -142,19 +142,17 @@ impl Classifier {
         Ok(c)
     }
 
-    /// Logits `(N, classes)` of images `(N, C, H, W)`; `drop_path_seed` enables stochastic depth
+    /// Logits `(N, classes)` of images `(N, C, H, W)` (clips `(N, C, T, H, W)`); `drop_path_seed` enables stochastic depth
     /// (training).
     pub fn forward(&self, images: &Tensor, drop_path_seed: Option<u64>) -> Result<Tensor> {
         let c = &self.config;
         let n = images.dims().first().copied().unwrap_or(0);
-        check_shape(
-            "images",
-            images,
-            &[n, c.in_channels, c.image_size[0], c.image_size[1]],
-        )?;
+        let mut want = vec![n];
+        want.extend(c.input_dims());
+        check_shape("images", images, &want)?;
         let mut f = self
             .encoder
-            .features(images, c.patch_size, self.pool, drop_path_seed)?;
+            .features(images, c, self.pool, drop_path_seed)?;
         if let Some(norm) = &self.fc_norm {
             f = norm.forward(&f)?;
         }

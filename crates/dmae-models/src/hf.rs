@@ -370,7 +370,9 @@ impl DiffMae {
         mask_ratio: f64,
     ) -> Result<MaeOutput> {
         let c = self.config();
-        if c.decoder.kind != DecoderKind::Joint || c.decoder.masked_input != MaskedInput::MaskToken
+        if c.decoder.kind != DecoderKind::Joint
+            || c.decoder.masked_input != MaskedInput::MaskToken
+            || c.is_video()
         {
             return Err(Error::arg(
                 "model",

@@ -268,3 +268,47 @@ fn checkpoint_round_trip_and_errors() {
         .contains("differs"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn video_tubelets_train_and_classify() {
+    let dev = Device::Cpu;
+    let mut cfg = common::tiny(
+        dmae_models::DecoderKind::CrossSelf,
+        dmae_models::CrossSource::TopDown,
+    );
+    cfg.num_frames = 4;
+    cfg.tubelet = 2;
+    let model = DiffMae::new(cfg.clone(), 1, &dev).unwrap();
+    let clips = Tensor::randn(0f32, 1., (2, 3, 4, 16, 16), &dev).unwrap();
+    let patches = cfg.patchify(&clips).unwrap();
+    assert_eq!(patches.dims(), &[2, 32, 96]);
+    let grid = dmae_diffusion::VideoGrid::new(2, 4, 4);
+    let mask = dmae_diffusion::VideoMaskStrategy::tube(0.75)
+        .unwrap()
+        .sample(grid, 2, RngKey::new(0, 0), &dev)
+        .unwrap();
+    let masking = TokenMask::from(&mask);
+    let (_, x0_m) = mask.split(&patches).unwrap();
+    let pred = model.forward(&patches, &masking, &x0_m, &[3, 900]).unwrap();
+    let loss = X0Loss::inpainting().compute(&pred, &x0_m).unwrap();
+    let grads = loss.backward().unwrap();
+    for p in model.named_params() {
+        assert!(grads.get(p.var.as_tensor()).is_some(), "{}", p.name);
+    }
+    let clf = dmae_models::Classifier::from_pretrained(&model, 3, dmae_models::Pool::Avg, 0.1, 0)
+        .unwrap();
+    assert_eq!(clf.forward(&clips, None).unwrap().dims(), &[2, 3]);
+    // Space-time positions differ across time and reduce to the 2-D embedding for one step.
+    let pe = dmae_models::embed::pos_embed(2, 4, 4, 32, &dev).unwrap();
+    assert_ne!(
+        pe.get(1).unwrap().to_vec1::<f32>().unwrap(),
+        pe.get(17).unwrap().to_vec1::<f32>().unwrap()
+    );
+    let flat = dmae_models::embed::pos_embed(1, 4, 4, 32, &dev)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(flat, dmae_models::embed::sincos_2d(4, 4, 32, true));
+}
