@@ -18,6 +18,7 @@
 //! | [`heads`] | [`Classifier`] (avg/cls pool, drop path, layer-wise lr decay), [`LinearProbe`] |
 //! | [`checkpoint`] | safetensors with the config in the metadata; the tensor-name table |
 //! | [`hf`] | Hugging Face ViTMAE import (local dir, hf-hub), [`DiffMae::mae_forward`] for parity |
+//! | [`mae`] | facebookresearch/mae checkpoint import (`.pth` / `.safetensors`, timm names) |
 //! | [`error`] | [`Error`], [`Result`] |
 //!
 //! ```
@@ -51,6 +52,7 @@ pub mod encoder;
 pub mod error;
 pub mod heads;
 pub mod hf;
+pub mod mae;
 pub mod masking;
 pub mod model;
 mod params;

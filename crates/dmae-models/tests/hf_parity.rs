@@ -109,3 +109,21 @@ fn hub_offline_without_cache_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn original_mae_checkpoint_matches_the_hf_import() {
+    let dev = Device::Cpu;
+    let hf = DiffMae::from_hf_dir(fixture("vitmae-tiny-32"), &dev).unwrap();
+    let mae = DiffMae::from_mae_checkpoint(fixture("mae-tiny-32.pth"), hf.config().clone(), &dev)
+        .unwrap();
+    let r = candle_core::safetensors::load(
+        fixture("vitmae-tiny-32").join("reference.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let out = mae
+        .mae_forward(&r["pixel_values"], &r["noise"], 0.75)
+        .unwrap();
+    assert!(max_err(&out.logits, &r["logits"]) < 1e-4);
+    assert!(max_err(&out.last_hidden_state, &r["last_hidden_state"]) < 1e-4);
+}
