@@ -44,9 +44,9 @@ mod layer_norm;
 mod patch;
 pub mod reference;
 mod softmax;
-mod tokens;
 #[cfg(test)]
 mod testutil;
+mod tokens;
 
 pub use adamw::{AdamW, AdamWConfig, Param};
 pub use attention::attention;
