@@ -12,6 +12,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// dmae-core ops, forward + backward, against the stock candle composition.
     Ops(crate::bench_ops::OpsArgs),
+    /// DDIM inpainting with and without the cross-attention K/V cache (dmae-models).
+    Sample(crate::bench_sample::SampleArgs),
     /// Data pipeline throughput (dmae-data).
     Data(crate::bench_data::DataBenchArgs),
 }
@@ -20,5 +22,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Data(a) => crate::bench_data::run(a),
         BenchCommand::Ops(a) => crate::bench_ops::run(a),
+        BenchCommand::Sample(a) => crate::bench_sample::run(a),
     }
 }

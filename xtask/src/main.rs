@@ -5,6 +5,7 @@
 mod bench;
 mod bench_data;
 mod bench_ops;
+mod bench_sample;
 mod cuda_toolkit;
 mod data;
 
