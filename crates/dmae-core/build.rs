@@ -43,28 +43,36 @@ fn main() {
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
     }
-    for src in sources
+    // One nvcc per file, all at once: each is single-threaded and takes about a minute.
+    let jobs: Vec<_> = sources
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-    {
-        let stem = src
-            .file_stem()
-            .expect("a .cu file has a stem")
-            .to_string_lossy();
-        let ptx = out.join(format!("{stem}.ptx"));
-        let mut cmd = Command::new(&nvcc);
-        cmd.arg("--ptx")
-            .arg("-O3")
-            .arg(format!("-arch=sm_{cap}"))
-            .arg("-std=c++17")
-            .arg("-I")
-            .arg(&kernels)
-            .arg("-o")
-            .arg(&ptx)
-            .arg(src);
-        let status = cmd
-            .status()
-            .unwrap_or_else(|e| missing_nvcc(&nvcc, &e.to_string()));
+        .map(|src| {
+            let stem = src
+                .file_stem()
+                .expect("a .cu file has a stem")
+                .to_string_lossy();
+            let ptx = out.join(format!("{stem}.ptx"));
+            let mut cmd = Command::new(&nvcc);
+            cmd.arg("--ptx")
+                .arg("-O3")
+                .arg(format!("-arch=sm_{cap}"))
+                .arg("-std=c++17")
+                .arg("-I")
+                .arg(&kernels)
+                .arg("-o")
+                .arg(&ptx)
+                .arg(src);
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| missing_nvcc(&nvcc, &e.to_string()));
+            (src, cmd, child)
+        })
+        .collect();
+    for (src, cmd, mut child) in jobs {
+        let status = child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for nvcc on {}: {e}", src.display()));
         if !status.success() {
             panic!("nvcc failed ({status}) on {}: {cmd:?}", src.display());
         }
