@@ -3,13 +3,13 @@
 //! The tensor ops DiffMAE trains on, each a [candle](https://github.com/huggingface/candle) custom op
 //! with a tested backward, a rayon-parallel CPU kernel and (feature `cuda`) a CUDA kernel.
 //!
-//! candle's own fused `softmax_last_dim` and `layer_norm` have no backward: gradients silently stop
+//! candle-nn's fused last-dim softmax and layer norm have no backward: gradients silently stop
 //! there. Training code in this workspace uses the ops below instead.
 //!
 //! | op | module | what |
 //! |---|---|---|
 //! | [`layer_norm`] | `layer_norm` | layer norm with weight and bias, grads for all three |
-//! | [`softmax_last_dim`] | `softmax` | softmax over the last dimension |
+//! | [`softmax`] | `softmax` | softmax over the last dimension |
 //! | [`attention`] | `attention` | scaled dot-product attention, self or cross, additive mask |
 //! | [`gelu`] | `gelu` | GELU, erf or tanh form |
 //! | [`patchify`], [`unpatchify`], [`patchify_video`], [`unpatchify_video`] | `patch` | MAE's patch layout |
@@ -25,7 +25,7 @@
 //! let w = Tensor::ones(3, candle_core::DType::F32, &Device::Cpu)?;
 //! let b = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu)?;
 //! let y = dmae_core::layer_norm(&x, &w, &b, 1e-6)?;
-//! let p = dmae_core::softmax_last_dim(&y)?;
+//! let p = dmae_core::softmax(&y)?;
 //! let grads = p.sqr()?.sum_all()?.backward()?;
 //! assert!(grads.get(&x).is_some());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -54,5 +54,5 @@ pub use error::{Error, Result};
 pub use gelu::{gelu, Gelu};
 pub use layer_norm::layer_norm;
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
-pub use softmax::softmax_last_dim;
+pub use softmax::softmax;
 pub use tokens::{gather_tokens, scatter_tokens};

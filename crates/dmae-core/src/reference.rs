@@ -18,13 +18,13 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 }
 
 /// Softmax over the last dimension as `exp(x - max) / sum` (like `candle_nn::ops::softmax`).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// Attention in the (N, L, H, D) layout via transposes, two batched matmuls and [`softmax_last_dim`].
+/// Attention in the (N, L, H, D) layout via transposes, two batched matmuls and [`softmax`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -39,7 +39,7 @@ pub fn attention(
     if let Some(m) = mask {
         s = s.broadcast_add(m)?;
     }
-    let p = softmax_last_dim(&s)?;
+    let p = softmax(&s)?;
     p.matmul(&v)?.transpose(1, 2)?.contiguous()
 }
 

@@ -6,10 +6,10 @@ use rayon::prelude::*;
 use crate::cpu::{self, Real};
 use crate::error::{check_float, invalid, Result};
 
-const OP: &str = "softmax_last_dim";
+const OP: &str = "softmax";
 
 /// `softmax(x)` over the last dimension, differentiable. Rows that are entirely `-inf` give zeros.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
     match x.dims().last() {
         Some(&d) if d > 0 => {}
         _ => {
@@ -156,11 +156,11 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        let f = |t: &[Tensor]| softmax_last_dim(&t[0]).map_err(Into::into);
+        let f = |t: &[Tensor]| softmax(&t[0]).map_err(Into::into);
         assert_grads(f, &[randn(&[2, 3, 7], 1)]);
-        let g = |t: &[Tensor]| softmax_last_dim(&t[0].t()?).map_err(Into::into);
+        let g = |t: &[Tensor]| softmax(&t[0].t()?).map_err(Into::into);
         assert_grads(g, &[randn(&[11, 3], 2)]);
-        let h = |t: &[Tensor]| softmax_last_dim(&t[0].broadcast_as((2, 4, 5))?).map_err(Into::into);
+        let h = |t: &[Tensor]| softmax(&t[0].broadcast_as((2, 4, 5))?).map_err(Into::into);
         assert_grads(
             h,
             &[randn(&[4, 1], 3)
@@ -169,15 +169,15 @@ mod tests {
                 .contiguous()
                 .unwrap()],
         );
-        let h = |t: &[Tensor]| softmax_last_dim(&t[0].broadcast_as((3, 5))?).map_err(Into::into);
+        let h = |t: &[Tensor]| softmax(&t[0].broadcast_as((3, 5))?).map_err(Into::into);
         assert_grads(h, &[randn(&[5], 4)]);
     }
 
     #[test]
     fn matches_candle_composition() {
         assert_matches_reference(
-            |t| softmax_last_dim(&t[0]).map_err(Into::into),
-            |t| crate::reference::softmax_last_dim(&t[0]),
+            |t| softmax(&t[0]).map_err(Into::into),
+            |t| crate::reference::softmax(&t[0]),
             &[randn(&[8, 3, 37, 37], 5)],
             1e-5,
         );
@@ -190,10 +190,10 @@ mod tests {
             &candle_core::Device::Cpu,
         )
         .unwrap();
-        let y = softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
+        let y = softmax(&x).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(y[0], [0.0, 0.0]);
         assert_eq!(y[1], [0.0, 1.0]);
-        let z = softmax_last_dim(&randn(&[5, 9], 6))
+        let z = softmax(&randn(&[5, 9], 6))
             .unwrap()
             .sum(1)
             .unwrap()
@@ -205,13 +205,10 @@ mod tests {
     #[test]
     fn rejects_integer_and_scalar_inputs() {
         let x = Tensor::new(&[1u32, 2], &candle_core::Device::Cpu).unwrap();
-        assert!(matches!(
-            softmax_last_dim(&x),
-            Err(crate::Error::DType { .. })
-        ));
+        assert!(matches!(softmax(&x), Err(crate::Error::DType { .. })));
         let s = Tensor::new(1f32, &candle_core::Device::Cpu).unwrap();
         assert!(matches!(
-            softmax_last_dim(&s),
+            softmax(&s),
             Err(crate::Error::InvalidArgument { .. })
         ));
     }

@@ -238,7 +238,7 @@ fn softmax_cases(rep: &mut Report, gpu: &Device, rng: &mut StdRng) -> Result<()>
             dt,
             &[("x", uniform(rng, &[6, 37], -1.0, 1.0)?)],
             std::slice::from_ref(&masked),
-            &|t, c| dmae_core::softmax_last_dim(&(&t[0] + &c[0])?),
+            &|t, c| dmae_core::softmax(&(&t[0] + &c[0])?),
         )?;
         check_op(
             rep,
@@ -247,7 +247,7 @@ fn softmax_cases(rep: &mut Report, gpu: &Device, rng: &mut StdRng) -> Result<()>
             dt,
             &[("x", wide.clone())],
             &[],
-            &|t, _| dmae_core::softmax_last_dim(&t[0]),
+            &|t, _| dmae_core::softmax(&t[0]),
         )?;
     }
     Ok(())
@@ -610,7 +610,7 @@ fn cuda_rejects_unsupported_dtypes() -> Result<()> {
         return Ok(());
     };
     let x = Tensor::zeros((2, 3), DType::F64, &gpu)?;
-    let err = dmae_core::softmax_last_dim(&x).expect_err("f64 softmax on CUDA must fail");
+    let err = dmae_core::softmax(&x).expect_err("f64 softmax on CUDA must fail");
     assert!(err.to_string().contains("softmax"), "{err}");
     Ok(())
 }

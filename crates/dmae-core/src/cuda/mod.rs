@@ -339,7 +339,7 @@ pub(crate) fn layer_norm_bwd(
 // ---------------------------------------------------------------------------------------------
 // Softmax
 
-const SM: &str = "softmax_last_dim";
+const SM: &str = "softmax";
 
 pub(crate) fn softmax_fwd(
     x: &CudaStorage,
