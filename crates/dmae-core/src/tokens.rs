@@ -15,9 +15,8 @@ const SCATTER: &str = "scatter_tokens";
 /// `x`: (N, L, D) float; `idx`: (N, K) u32, each entry `< L` (checked on the CPU; on CUDA an
 /// out-of-range index reads zeros). Differentiable in `x`; repeated indices accumulate gradient.
 pub fn gather_tokens(x: &Tensor, idx: &Tensor) -> Result<Tensor> {
-    let (n, l, d) = check_tokens(GATHER, "x", x)?;
-    let k = check_index(GATHER, idx, n, x.shape())?;
-    let _ = (l, d, k);
+    let (n, _, _) = check_tokens(GATHER, "x", x)?;
+    check_index(GATHER, idx, n, x.shape())?;
     Ok(x.contiguous()?.apply_op2(&idx.contiguous()?, Gather)?)
 }
 
@@ -231,7 +230,7 @@ impl CustomOp3 for Scatter {
             is: &CpuStorage,
             il: &Layout,
         ) -> candle_core::Result<CpuStorage> {
-            let (n, l, d) = bl.shape().dims3()?;
+            let (_, l, d) = bl.shape().dims3()?;
             let k = il.dims()[1];
             let src = cpu::slice::<T>(ss, sl, SCATTER)?;
             let idx = cpu::slice::<u32>(is, il, SCATTER)?;
@@ -252,7 +251,6 @@ impl CustomOp3 for Scatter {
                     }
                     Ok(())
                 })?;
-            let _ = n;
             Ok(T::to_cpu_storage_owned(out))
         }
         let out = cpu::dispatch_float!(SCATTER, bs, run(bs, bl, ss, sl, is, il))?;
@@ -296,7 +294,6 @@ impl CustomOp3 for Scatter {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let (n, l, d) = base.dims3()?;
-        let k = idx.dims()[1];
         let (is, il) = idx.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
         let (dbase, dsrc) = match (&*is, &*gs) {
@@ -327,6 +324,7 @@ impl CustomOp3 for Scatter {
             }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(is), Storage::Cuda(gs)) => {
+                let k = il.dims()[1];
                 let (go, io) = (gl.start_offset(), il.start_offset());
                 let dbase = crate::cuda::zero_rows(gs, go, is, io, n, l, k, d)?;
                 let dsrc = crate::cuda::gather_tokens(gs, go, is, io, n, l, k, d)?;
@@ -337,7 +335,6 @@ impl CustomOp3 for Scatter {
             }
             _ => candle_core::bail!("{SCATTER}: backward on an unsupported device mix"),
         };
-        let _ = k;
         Ok((Some(dbase), Some(dsrc), None))
     }
 }

@@ -102,14 +102,13 @@ impl DiffMae {
         x_t: &Tensor,
         t: &[usize],
     ) -> Result<Tensor> {
-        let (n, lv, _lm) = masking.check(self.config.num_patches())?;
+        let (n, _, _) = masking.check(self.config.num_patches())?;
         check_shape(
             "patches",
             patches,
             &[n, self.config.num_patches(), self.config.patch_dim()],
         )?;
         let x0_v = dmae_core::gather_tokens(patches, &masking.visible)?;
-        let _ = lv;
         let ctx = self.encode(&x0_v, masking)?;
         self.decode(&ctx, x_t, masking, t)
     }
