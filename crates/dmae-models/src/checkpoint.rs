@@ -33,6 +33,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::heads::{Classifier, Pool};
 use crate::model::DiffMae;
 use crate::params::NamedParam;
 
@@ -62,11 +63,9 @@ impl DiffMae {
         Ok(safetensors::serialize(data, Some(meta))?)
     }
 
-    /// Writes the checkpoint to `path`.
+    /// Writes the checkpoint to `path` atomically ([`write_atomic`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let bytes = self.to_safetensors_bytes()?;
-        std::fs::write(path, bytes).map_err(|e| io(path, e))
+        write_atomic(path.as_ref(), &self.to_safetensors_bytes()?)
     }
 
     /// Reads a checkpoint written by [`DiffMae::save`]; the config comes from its metadata.
@@ -124,6 +123,110 @@ impl DiffMae {
     }
 }
 
+/// Writes `bytes` to `path` so that `path` always holds either its old content or all of the
+/// new one: a temporary file beside it is written and fsynced, then renamed over `path` (and the
+/// directory fsynced where the platform allows). An interrupted write leaves at most the
+/// temporary file behind, never a truncated `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io(path, "not a file path"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(&dir) {
+            // Persists the rename itself; failure here cannot lose data already renamed.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path, e));
+    }
+    Ok(())
+}
+
+/// Metadata key of a [`Classifier`] checkpoint's head description (JSON of [`HeadInfo`]).
+pub const HEAD_KEY: &str = "dmae_head";
+
+/// What a classifier checkpoint holds besides the encoder config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeadInfo {
+    /// Number of classes of `head`.
+    pub num_classes: usize,
+    /// Pooling of the encoder tokens.
+    pub pool: Pool,
+}
+
+impl Classifier {
+    /// The classifier as safetensors bytes: config and [`HeadInfo`] in the metadata, tensors
+    /// `encoder.*` (as in this module's table), `fc_norm.*` (average pooling), `head.*`.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let mut meta = metadata(self.config())?;
+        let head = HeadInfo {
+            num_classes: self.num_classes(),
+            pool: self.pool,
+        };
+        meta.insert(HEAD_KEY.to_string(), serde_json::to_string(&head)?);
+        let data: Vec<(&str, Tensor)> = self
+            .named_params()
+            .iter()
+            .map(|p| Ok((p.name.as_str(), p.var.as_tensor().to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()?;
+        Ok(safetensors::serialize(data, Some(meta))?)
+    }
+
+    /// Writes the classifier to `path` atomically ([`write_atomic`]).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_atomic(path.as_ref(), &self.to_safetensors_bytes()?)
+    }
+
+    /// Reads a classifier written by [`Classifier::save`].
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        let config = read_config(&bytes)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        let head = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(HEAD_KEY))
+            .ok_or_else(|| {
+                Error::config(
+                    "checkpoint",
+                    format!(
+                        "{} has no `{HEAD_KEY}` metadata: not a classifier checkpoint \
+                         (pre-training checkpoints load with DiffMae::load)",
+                        path.display()
+                    ),
+                )
+            })?;
+        let head: HeadInfo = serde_json::from_str(head)?;
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let c = Classifier::new(config, head.num_classes, head.pool, 0, device)?;
+        assign(c.named_params(), &mut tensors)?;
+        if let Some((name, t)) = tensors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
+            return Err(Error::UnexpectedTensor {
+                name,
+                shape: t.dims().to_vec(),
+            });
+        }
+        Ok(c)
+    }
+}
+
 fn metadata(config: &ModelConfig) -> Result<HashMap<String, String>> {
     Ok(HashMap::from([
         (FORMAT_KEY.to_string(), FORMAT.to_string()),
@@ -167,4 +270,57 @@ pub(crate) fn assign(params: &[NamedParam], tensors: &mut HashMap<String, Tensor
             .set(&t.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> ModelConfig {
+        let mut c = ModelConfig::mnist();
+        c.encoder.dim = 16;
+        c.encoder.depth = 2;
+        c.encoder.heads = 2;
+        c.decoder.dim = 8;
+        c.decoder.depth = 1;
+        c.decoder.heads = 2;
+        c
+    }
+
+    #[test]
+    fn classifier_round_trips_and_is_told_apart_from_a_pretraining_checkpoint() {
+        let dev = Device::Cpu;
+        let dir = std::env::temp_dir().join(format!("dmae-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Classifier::new(small(), 10, Pool::Avg, 3, &dev).unwrap();
+        let path = dir.join("cls.safetensors");
+        c.save(&path).unwrap();
+        let back = Classifier::load(&path, &dev).unwrap();
+        assert_eq!(back.num_classes(), 10);
+        assert_eq!(back.pool, Pool::Avg);
+        for (a, b) in c.named_params().iter().zip(back.named_params()) {
+            assert_eq!(a.name, b.name);
+            let d = (a.var.as_tensor() - b.var.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{}", a.name);
+        }
+        let m = DiffMae::new(small(), 0, &dev).unwrap();
+        let mpath = dir.join("model.safetensors");
+        m.save(&mpath).unwrap();
+        let e = Classifier::load(&mpath, &dev).unwrap_err().to_string();
+        assert!(e.contains("not a classifier checkpoint"), "{e}");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

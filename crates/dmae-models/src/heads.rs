@@ -164,6 +164,16 @@ impl Classifier {
         &self.params
     }
 
+    /// The encoder's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Number of classes of the head.
+    pub fn num_classes(&self) -> usize {
+        self.head.weight.dims()[0]
+    }
+
     /// MAE's `param_groups_lrd`: layer id 0 for `cls_token`/`patch_embed`, `i + 1` for block
     /// `i`, `depth + 1` for the rest (final norms, head); `lr_scale = layer_decay^(depth + 1 −
     /// id)`; `weight_decay` on matrices only (not on biases, norms, tokens).

@@ -16,6 +16,7 @@
 //! | [`decoder`] | [`Decoder`], [`Encoded`] (context with K/V cache) |
 //! | [`model`] | [`DiffMae`]: encode once, decode per step; [`ModelDenoiser`] for samplers |
 //! | [`heads`] | [`Classifier`] (avg/cls pool, drop path, layer-wise lr decay), [`LinearProbe`] |
+//! | [`pretrain`] | [`Pretraining`]: one pre-training step (mask, noise, encode, decode, x0 loss) |
 //! | [`checkpoint`] | safetensors with the config in the metadata; the tensor-name table |
 //! | [`hf`] | Hugging Face ViTMAE import (local dir, hf-hub), [`DiffMae::mae_forward`] for parity |
 //! | [`mae`] | facebookresearch/mae checkpoint import (`.pth` / `.safetensors`, timm names) |
@@ -41,7 +42,7 @@
 //! assert_eq!(x0_hat.dims(), x0_m.dims());
 //! # Ok(()) }
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod block;
 pub mod checkpoint;
@@ -56,7 +57,9 @@ pub mod mae;
 pub mod masking;
 pub mod model;
 mod params;
+pub mod pretrain;
 
+pub use checkpoint::{write_atomic, HeadInfo};
 pub use config::{
     Activation, CrossSource, DecoderConfig, DecoderKind, EncoderConfig, MaskedInput, ModelConfig,
 };
@@ -68,3 +71,4 @@ pub use hf::{HfVitMaeConfig, MaeOutput};
 pub use masking::TokenMask;
 pub use model::{DiffMae, ModelDenoiser};
 pub use params::NamedParam;
+pub use pretrain::{PretrainMask, PretrainStep, Pretraining};
