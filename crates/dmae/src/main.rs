@@ -1,6 +1,12 @@
 //! `dmae`: the DiffMAE command-line tool (train, finetune, eval, sample).
+//!
+//! Exit codes: 0 success, 1 runtime error (one `error: ...` line on stderr), 2 usage error (clap).
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod common;
 
 #[derive(Parser)]
 #[command(
@@ -19,12 +25,21 @@ enum Command {
     Train,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Train) | None => anyhow::bail!(
-            "`dmae train` is not available yet: the training loop lands with the binary issue; \
-             the differentiable ops it will use are in dmae-core (cargo test -p dmae-core)"
+            "`dmae train` is not available yet: the training loop lands with the binary issue"
         ),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
