@@ -8,6 +8,7 @@ mod bench_ops;
 mod bench_sample;
 mod cuda_toolkit;
 mod data;
+mod recipe;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     CudaToolkit(cuda_toolkit::CudaToolkitArgs),
     /// Datasets: download official archives and verify their checksums.
     Data(data::DataArgs),
+    /// Run a recipe: chained `dmae` commands (pre-train -> fine-tune -> eval -> sample) and a summary.
+    Run(recipe::RunArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::CudaToolkit(args) => cuda_toolkit::run(args),
         Command::Data(args) => data::run(args),
+        Command::Run(args) => recipe::run(args),
     }
 }
 

@@ -1,0 +1,527 @@
+//! `cargo xtask run RECIPE.toml`: chains `dmae` commands (pre-train -> fine-tune -> eval ->
+//! sample) from a recipe file and collects the `--json` results into tables.
+//!
+//! A recipe is TOML:
+//! ```toml
+//! description = "what it shows"
+//! figures = ["{out}/figures/*.png"]          # copied by --publish
+//! [vars]                                     # {name} substitutions
+//! steps = 3000
+//! [quick]                                    # overrides of [vars] with --quick
+//! steps = 100
+//! [[stage]]
+//! name = "pretrain-s{seed}"                  # unique after substitution
+//! foreach = { seed = [0, 1] }                # one run per value (cartesian product)
+//! args = ["train", "--steps", "{steps}", "--seed", "{seed}", "--out", "{out}/pretrain-s{seed}"]
+//! creates = "{out}/pretrain-s{seed}/checkpoint.safetensors"   # skipped when it exists
+//! [[stage]]
+//! name = "eval-s{seed}"
+//! foreach = { seed = [0, 1] }
+//! args = ["eval", "--checkpoint", "...", "--json"]
+//! table = "Recognition"                      # stdout is JSON: a row of this table
+//! row = "DiffMAE fine-tuned"                 # rows with the same label are averaged (mean ± sd)
+//! ```
+//! `{out}` is the run directory (`--out`, default `runs/recipes/<name>[-quick]`). Stages run in
+//! order; a failing stage stops the recipe with its command line and exit status. Re-running a
+//! recipe skips stages whose `creates` file exists and reuses saved JSON, so an interrupted
+//! recipe resumes where it stopped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// `cargo xtask run` arguments.
+#[derive(Args)]
+pub struct RunArgs {
+    /// The recipe file (recipes/*.toml).
+    recipe: PathBuf,
+    /// Use the recipe's `[quick]` overrides (minutes instead of the full budget).
+    #[arg(long)]
+    quick: bool,
+    /// Run directory (default `runs/recipes/<recipe>[-quick]`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The `dmae` binary to run (default: build it with `cargo build --release -p dmae`).
+    #[arg(long)]
+    dmae: Option<PathBuf>,
+    /// Print the commands without running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also write the tables and figures under `docs/results/<recipe>/`.
+    #[arg(long)]
+    publish: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recipe {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    figures: Vec<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    quick: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    stage: Vec<Stage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stage {
+    name: String,
+    args: Vec<String>,
+    #[serde(default)]
+    foreach: BTreeMap<String, Vec<toml::Value>>,
+    #[serde(default)]
+    creates: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    row: Option<String>,
+}
+
+/// One stage instance after substitution.
+struct Job {
+    name: String,
+    args: Vec<String>,
+    creates: Option<PathBuf>,
+    table: Option<String>,
+    row: Option<String>,
+}
+
+fn value_str(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces every `{name}` of `vars` in `s`; an unknown `{name}` is an error naming it.
+fn substitute(s: &str, vars: &BTreeMap<String, String>, what: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .with_context(|| format!("{what}: unclosed `{{` in {s:?}"))?;
+        let key = &rest[open + 1..open + close];
+        let val = vars
+            .get(key)
+            .with_context(|| format!("{what}: unknown variable {{{key}}} in {s:?}"))?;
+        out.push_str(val);
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Every combination of the `foreach` values (one empty combination without `foreach`).
+fn combinations(foreach: &BTreeMap<String, Vec<toml::Value>>) -> Vec<BTreeMap<String, String>> {
+    let mut combos = vec![BTreeMap::new()];
+    for (k, values) in foreach {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.insert(k.clone(), value_str(v));
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+fn jobs(recipe: &Recipe, quick: bool, out: &Path) -> Result<Vec<Job>> {
+    let mut vars: BTreeMap<String, String> = recipe
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), value_str(v)))
+        .collect();
+    if quick {
+        for (k, v) in &recipe.quick {
+            if !recipe.vars.contains_key(k) {
+                bail!("[quick] overrides {k:?}, which is not in [vars]");
+            }
+            vars.insert(k.clone(), value_str(v));
+        }
+    }
+    vars.insert("out".into(), out.display().to_string());
+    let mut jobs = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for stage in &recipe.stage {
+        for combo in combinations(&stage.foreach) {
+            let mut v = vars.clone();
+            v.extend(combo);
+            let what = format!("stage {:?}", stage.name);
+            let name = substitute(&stage.name, &v, &what)?;
+            if !names.insert(name.clone()) {
+                bail!("two stages are named {name:?} (add the foreach variables to `name`)");
+            }
+            let args = stage
+                .args
+                .iter()
+                .map(|a| substitute(a, &v, &what))
+                .collect::<Result<Vec<_>>>()?;
+            let creates = stage
+                .creates
+                .as_deref()
+                .map(|c| substitute(c, &v, &what).map(PathBuf::from))
+                .transpose()?;
+            let row = stage
+                .row
+                .as_deref()
+                .map(|r| substitute(r, &v, &what))
+                .transpose()?;
+            jobs.push(Job {
+                name,
+                args,
+                creates,
+                table: stage.table.clone(),
+                row,
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+fn build_dmae() -> Result<PathBuf> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "-p", "dmae"])
+        .status()
+        .context("running cargo build -p dmae")?;
+    if !status.success() {
+        bail!("cargo build --release -p dmae failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target.join("release").join("dmae"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Results of one table: row label -> the JSON objects of its runs.
+type Table = BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>>;
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.recipe)
+        .with_context(|| format!("reading recipe {}", args.recipe.display()))?;
+    let recipe: Recipe =
+        toml::from_str(&text).with_context(|| format!("parsing {}", args.recipe.display()))?;
+    let stem = args
+        .recipe
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "recipe".into());
+    let label = if args.quick {
+        format!("{stem}-quick")
+    } else {
+        stem.clone()
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/recipes").join(&label));
+    let jobs = jobs(&recipe, args.quick, &out)?;
+    if args.dry_run {
+        for j in &jobs {
+            println!("[{}] dmae {}", j.name, j.args.join(" "));
+        }
+        return Ok(());
+    }
+    let dmae = match &args.dmae {
+        Some(p) => p.clone(),
+        None => build_dmae()?,
+    };
+    let results_dir = out.join("results");
+    std::fs::create_dir_all(&results_dir)
+        .with_context(|| format!("creating {}", results_dir.display()))?;
+    println!("recipe {label}: {} stages -> {}", jobs.len(), out.display());
+    let start = Instant::now();
+    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
+    let mut log = String::new();
+    for (i, j) in jobs.iter().enumerate() {
+        let json_path = results_dir.join(format!("{}.json", j.name));
+        let done = match (&j.creates, &j.table) {
+            (_, Some(_)) => json_path.exists(),
+            (Some(c), None) => c.exists(),
+            (None, None) => false,
+        };
+        let cmdline = format!("dmae {}", j.args.join(" "));
+        writeln!(log, "{cmdline}")?;
+        if done {
+            println!("[{}/{}] {} (done, skipped)", i + 1, jobs.len(), j.name);
+        } else {
+            println!("[{}/{}] {}: {cmdline}", i + 1, jobs.len(), j.name);
+            let t0 = Instant::now();
+            let mut cmd = Command::new(&dmae);
+            cmd.args(&j.args);
+            let output = if j.table.is_some() {
+                let o = cmd
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .with_context(|| format!("starting {}", dmae.display()))?;
+                if o.status.success() {
+                    let v: serde_json::Value = serde_json::from_slice(&o.stdout).with_context(
+                        || format!("stage {}: stdout is not one JSON object", j.name),
+                    )?;
+                    let tmp = json_path.with_extension("json.tmp");
+                    std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
+                    std::fs::rename(&tmp, &json_path)?;
+                }
+                o.status
+            } else {
+                cmd.status()
+                    .with_context(|| format!("starting {}", dmae.display()))?
+            };
+            if !output.success() {
+                bail!("stage {} failed ({output}): {cmdline}", j.name);
+            }
+            println!("    {:.1} s", t0.elapsed().as_secs_f64());
+        }
+        if let Some(table) = &j.table {
+            let text = std::fs::read(&json_path)
+                .with_context(|| format!("reading {}", json_path.display()))?;
+            let v: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("parsing {}", json_path.display()))?;
+            let serde_json::Value::Object(obj) = v else {
+                bail!("{}: expected a JSON object", json_path.display());
+            };
+            let row = j.row.clone().unwrap_or_else(|| j.name.clone());
+            tables
+                .entry(table.clone())
+                .or_default()
+                .entry(row)
+                .or_default()
+                .push(obj);
+        }
+    }
+    let summary = summary_markdown(&recipe, &label, &args, &tables, &log);
+    std::fs::write(out.join("summary.md"), &summary)?;
+    std::fs::write(out.join("commands.txt"), &log)?;
+    println!(
+        "\n{summary}\nrecipe {label} finished in {:.1} min; summary: {}",
+        start.elapsed().as_secs_f64() / 60.0,
+        out.join("summary.md").display()
+    );
+    if args.publish {
+        publish(&recipe, &label, &out, &summary)?;
+    }
+    Ok(())
+}
+
+/// Numeric fields of a table, in first-seen order.
+fn columns(table: &Table) -> Vec<String> {
+    let mut cols: Vec<String> = Vec::new();
+    for runs in table.values() {
+        for obj in runs {
+            for (k, v) in obj {
+                if v.is_number() && !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+    }
+    cols
+}
+
+/// `mean ± sd (n)` of `values` (sample standard deviation; just the value for one run).
+fn aggregate(values: &[f64]) -> String {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let prec = |x: f64| {
+        if x.abs() >= 100.0 {
+            format!("{x:.1}")
+        } else {
+            format!("{x:.4}")
+        }
+    };
+    if values.len() < 2 {
+        return prec(mean);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    format!("{} ± {} (n={})", prec(mean), prec(var.sqrt()), values.len())
+}
+
+fn summary_markdown(
+    recipe: &Recipe,
+    label: &str,
+    args: &RunArgs,
+    tables: &BTreeMap<String, Table>,
+    log: &str,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## {label}\n");
+    if !recipe.description.is_empty() {
+        let _ = writeln!(s, "{}\n", recipe.description.trim());
+    }
+    let _ = writeln!(
+        s,
+        "Produced by `cargo xtask run {}{}` on {} (unix time {}).\n",
+        args.recipe.display(),
+        if args.quick { " --quick" } else { "" },
+        machine(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    for (title, table) in tables {
+        let cols = columns(table);
+        let _ = writeln!(s, "### {title}\n");
+        let _ = writeln!(s, "| run | {} |", cols.join(" | "));
+        let _ = writeln!(s, "|---|{}", "---|".repeat(cols.len()));
+        for (row, runs) in table {
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    let vals: Vec<f64> = runs
+                        .iter()
+                        .filter_map(|o| o.get(c).and_then(|v| v.as_f64()))
+                        .collect();
+                    if vals.is_empty() {
+                        "–".into()
+                    } else {
+                        aggregate(&vals)
+                    }
+                })
+                .collect();
+            let _ = writeln!(s, "| {row} | {} |", cells.join(" | "));
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "<details><summary>commands</summary>\n\n```\n{log}```\n</details>");
+    s
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{cpu}, {cores} cores")
+}
+
+/// Copies the summary and the recipe's figures to `docs/results/<label>/`.
+fn publish(recipe: &Recipe, label: &str, out: &Path, summary: &str) -> Result<()> {
+    let dir = workspace_root().join("docs/results").join(label);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("summary.md"), summary)?;
+    let vars = BTreeMap::from([("out".to_string(), out.display().to_string())]);
+    for pattern in &recipe.figures {
+        let pattern = substitute(pattern, &vars, "figures")?;
+        for path in glob_simple(&pattern)? {
+            let name = path.file_name().context("figure without a file name")?;
+            std::fs::copy(&path, dir.join(name))
+                .with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    println!("published to {}", dir.display());
+    Ok(())
+}
+
+/// `DIR/prefix*suffix` patterns (one `*` in the file name), enough for figure lists.
+fn glob_simple(pattern: &str) -> Result<Vec<PathBuf>> {
+    let p = Path::new(pattern);
+    let dir = p.parent().unwrap_or(Path::new("."));
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some((pre, suf)) = name.split_once('*') else {
+        return Ok(if p.exists() {
+            vec![p.to_path_buf()]
+        } else {
+            vec![]
+        });
+    };
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|e| {
+            e.file_name()
+                .map(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(pre) && n.ends_with(suf) && n.len() >= pre.len() + suf.len()
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPE: &str = r#"
+description = "t"
+[vars]
+steps = 100
+[quick]
+steps = 5
+[[stage]]
+name = "pre-s{seed}"
+foreach = { seed = [0, 1] }
+args = ["train", "--steps", "{steps}", "--seed", "{seed}", "--out", "{out}/pre-s{seed}"]
+creates = "{out}/pre-s{seed}/checkpoint.safetensors"
+"#;
+
+    #[test]
+    fn stages_expand_over_foreach_and_quick_overrides_vars() {
+        let r: Recipe = toml::from_str(RECIPE).unwrap();
+        let j = jobs(&r, true, Path::new("/o")).unwrap();
+        assert_eq!(j.len(), 2);
+        assert_eq!(j[1].name, "pre-s1");
+        assert_eq!(
+            j[1].args,
+            ["train", "--steps", "5", "--seed", "1", "--out", "/o/pre-s1"]
+        );
+        let full = jobs(&r, false, Path::new("/o")).unwrap();
+        assert_eq!(full[0].args[2], "100");
+    }
+
+    #[test]
+    fn unknown_variables_and_duplicate_names_are_errors() {
+        let bad = RECIPE.replace("{steps}", "{stpes}");
+        let r: Recipe = toml::from_str(&bad).unwrap();
+        let e = jobs(&r, false, Path::new("/o")).err().unwrap().to_string();
+        assert!(e.contains("{stpes}"), "{e}");
+        let dup = RECIPE.replace("pre-s{seed}\"\nforeach", "pre\"\nforeach");
+        let r: Recipe = toml::from_str(&dup).unwrap();
+        let e = jobs(&r, false, Path::new("/o")).err().unwrap().to_string();
+        assert!(e.contains("two stages"), "{e}");
+    }
+
+    #[test]
+    fn aggregate_reports_mean_and_sample_sd() {
+        assert_eq!(aggregate(&[0.5]), "0.5000");
+        assert_eq!(aggregate(&[1.0, 3.0]), "2.0000 ± 1.4142 (n=2)");
+    }
+}
