@@ -257,7 +257,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut tables: BTreeMap<String, Table> = BTreeMap::new();
     let mut log = String::new();
     for (i, j) in jobs.iter().enumerate() {
-        let json_path = results_dir.join(format!("{}.json", j.name));
+        let json_path = results_dir.join(format!("{}.json", j.name.replace([':', '/'], "_")));
         let done = match (&j.creates, &j.table) {
             (_, Some(_)) => json_path.exists(),
             (Some(c), None) => c.exists(),

@@ -211,4 +211,30 @@ mod tests {
         let e = p.step(&model, &wrong, RngKey::new(0, 0)).unwrap_err();
         assert!(e.to_string().contains("images"), "{e}");
     }
+
+    #[test]
+    fn video_step_uses_tube_masks_shared_across_time() {
+        let dev = Device::Cpu;
+        let mut cfg = small(ModelConfig::moving_mnist());
+        cfg.encoder.depth = 2;
+        let model = DiffMae::new(cfg.clone(), 0, &dev).unwrap();
+        let p = Pretraining::for_config(&cfg).unwrap();
+        let clips = Tensor::rand(0f32, 1., (2, 1, 8, 32, 32), &dev).unwrap();
+        let s = p.step(&model, &clips, RngKey::new(0, 3)).unwrap();
+        // 90% tube masking: 64 - floor(64 * 0.1) = 58 masked per frame, 4 temporal positions.
+        assert_eq!(s.x0_masked.dims(), &[2, 4 * 58, 32]);
+        for m in s.mask.masks() {
+            for t in 1..4 {
+                assert_eq!(m[..64], m[t * 64..(t + 1) * 64]);
+            }
+        }
+        assert!(s.loss.to_scalar::<f32>().unwrap().is_finite());
+        assert!(p
+            .step(
+                &model,
+                &Tensor::rand(0f32, 1., (2, 1, 28, 28), &dev).unwrap(),
+                RngKey::new(0, 0)
+            )
+            .is_err());
+    }
 }
