@@ -1,3 +1,5 @@
+//! # dmae-data
+//!
 //! Data pipeline of DiffMAE: datasets in the formats users already have, per-sample transforms, and a
 //! deterministic, parallel, prefetching loader that yields [`Batch`]es of `(N, C, H, W)` (or `(N, C, T, H, W)`)
 //! f32 images and `(N,)` u32 labels.
@@ -24,8 +26,11 @@
 //! - [`error`]: [`Error`], [`Result`].
 //!
 //! Bad input bytes never panic: they produce an [`Error`] naming the file and the offset or cause.
+//!
+//! Features: `cuda` (forwards to candle's, for [`Batch::to_device`] onto a GPU). Example:
+//! `cargo run --release -p dmae-data --example loader` (bundled-MNIST throughput).
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod bundled;
 pub mod cifar;

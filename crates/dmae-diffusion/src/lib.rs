@@ -57,8 +57,9 @@
 //!
 //! Features: `cuda` (forwards to dmae-core's and candle's), `mask-image` (read mask images with
 //! the `image` crate; off by default, the in-memory [`PatchMask::from_pixels`] always exists),
-//! `serde` (serialisable configuration types; off by default).
-#![warn(missing_docs)]
+//! `serde` (serialisable configuration types; off by default). Example: `cargo run --release -p
+//! dmae-diffusion --example masks` (writes a PNG of every image mask strategy).
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod forward;
