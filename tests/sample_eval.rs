@@ -503,3 +503,38 @@ fn bad_inputs_fail_with_one_error_line() {
         "MAE checkpoint",
     );
 }
+
+/// Timing on the real MNIST preset (untrained weights: the cost, not the quality):
+/// `cargo test --release -p dmae --test sample_eval -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing run, about a minute on 2 cores"]
+fn timing_mnist_preset_16_digits_ddim50() {
+    let f = fixture();
+    let ck = f.root.join("mnist-preset.safetensors");
+    DiffMae::new(ModelConfig::mnist(), 0, &Device::Cpu)
+        .unwrap()
+        .save(&ck)
+        .unwrap();
+    for sampler in ["mae", "ddim"] {
+        let t = std::time::Instant::now();
+        let out = ok(&[
+            "sample",
+            "--checkpoint",
+            s(&ck),
+            "--data",
+            "bundled",
+            "--count",
+            "16",
+            "--sampler",
+            sampler,
+            "--steps",
+            "50",
+            "--out",
+            s(&f.root.join("timing")),
+        ]);
+        eprintln!(
+            "{sampler}: {:.1} s wall (process)\n{out}",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}

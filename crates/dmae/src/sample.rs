@@ -155,7 +155,7 @@ impl MaskSpec {
             let vgrid = VideoGrid::new(tp, rows, cols);
             let to_positions = |k: usize| -> Result<usize> {
                 ensure!(
-                    k % config.tubelet == 0 && k < config.num_frames,
+                    k.is_multiple_of(config.tubelet) && k < config.num_frames,
                     "--mask {self}: K must be a multiple of the tubelet ({}) and fewer than the \
                      {} frames",
                     config.tubelet,
