@@ -395,6 +395,35 @@ fn import_hf_fixture_round_trips() {
     ]);
     let img = image::open(f.root.join("imp/d.png")).unwrap();
     assert_eq!((img.width(), img.height()), grid_size(1, 3, 32));
+    // Bundled 28-px grey digits are fitted to it too (sample and eval).
+    ok(&[
+        "sample",
+        "--checkpoint",
+        s(&out),
+        "--data",
+        "bundled",
+        "--count",
+        "1",
+        "--out",
+        s(&f.root.join("imp")),
+    ]);
+    let img = image::open(f.root.join("imp/val_00000.png")).unwrap();
+    assert_eq!((img.width(), img.height()), grid_size(1, 3, 32));
+    let v: serde_json::Value = serde_json::from_str(
+        ok(&[
+            "eval",
+            "--checkpoint",
+            s(&out),
+            "--task",
+            "inpaint",
+            "--limit",
+            "4",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert!(v["psnr"].as_f64().unwrap() > 0.0, "{v}");
     fails(
         &["import-hf", "./no/such/dir", "--out", s(&out)],
         1,

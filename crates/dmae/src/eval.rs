@@ -125,19 +125,14 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The validation split, checked against the network's input shape.
+/// The validation split, checked against the network's input shape (images of another size or
+/// channel count are fitted, see [`sample::fit_sample`]).
 fn open_val(spec: &DataSpec, config: &ModelConfig) -> Result<std::sync::Arc<dyn Dataset>> {
     let channels =
         Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
     let ds = spec.open(Split::Val, channels, config.num_frames)?;
     ensure!(!ds.is_empty(), "--data: the validation split is empty");
-    let s = ds.get(0)?;
-    let want = config.input_dims();
-    ensure!(
-        s.shape() == want.as_slice(),
-        "--data: samples are {:?}, the checkpoint takes {want:?} (C, [T,] H, W)",
-        s.shape()
-    );
+    sample::fit_sample(&ds.get(0)?, config, &Device::Cpu)?;
     Ok(ds)
 }
 
@@ -145,6 +140,7 @@ fn open_val(spec: &DataSpec, config: &ModelConfig) -> Result<std::sync::Arc<dyn 
 fn batch(
     ds: &dyn Dataset,
     range: std::ops::Range<usize>,
+    config: &ModelConfig,
     device: &Device,
 ) -> Result<(Tensor, Vec<u32>)> {
     let mut xs = Vec::with_capacity(range.len());
@@ -152,7 +148,7 @@ fn batch(
     for i in range {
         let s = ds.get(i)?;
         labels.push(s.label());
-        xs.push(s.to_tensor(device)?);
+        xs.push(sample::fit_sample(&s, config, device)?);
     }
     Ok((Tensor::stack(&xs, 0)?, labels))
 }
@@ -181,7 +177,12 @@ fn classify(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Resul
     let k = clf.num_classes().min(5);
     let (mut top1, mut topk) = (0, 0);
     for lo in (0..n).step_by(args.batch_size) {
-        let (x, labels) = batch(ds.as_ref(), lo..(lo + args.batch_size).min(n), device)?;
+        let (x, labels) = batch(
+            ds.as_ref(),
+            lo..(lo + args.batch_size).min(n),
+            clf.config(),
+            device,
+        )?;
         let (a, b) = hits(&clf.forward(&x, None)?, &labels, k)?;
         top1 += a;
         topk += b;
@@ -262,7 +263,12 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     let (mut clf_hits, mut clf_hits_real) = (0usize, 0usize);
     let (mut feat_fake, mut feat_real) = (Vec::new(), Vec::new());
     for (b, lo) in (0..n).step_by(args.batch_size).enumerate() {
-        let (x, labels) = batch(ds.as_ref(), lo..(lo + args.batch_size).min(n), device)?;
+        let (x, labels) = batch(
+            ds.as_ref(),
+            lo..(lo + args.batch_size).min(n),
+            &config,
+            device,
+        )?;
         let key = RngKey::new(args.seed, b as u64);
         let mask = mask_spec.build(&config, labels.len(), key, device)?;
         let r = sample::inpaint(&model, &x, &mask, &sampler, key, false)?;

@@ -75,6 +75,43 @@ pub fn load_image(
     Ok(Tensor::from_vec(data, (channels, height, width), device)?)
 }
 
+/// Fits one `(C, H, W)` image in [0, 1] (C = 1 or 3) to `channels x height x width` the way
+/// [`load_image`] fits files (8-bit round trip, shorter side resized, center crop; grey
+/// replicated to RGB, RGB to Rec. 709 luma). Returns the input unchanged when it already fits.
+pub fn fit_image(image: &Tensor, channels: usize, height: usize, width: usize) -> Result<Tensor> {
+    let (c, h, w) = image.dims3().context("fit_image: expected (C, H, W)")?;
+    if (c, h, w) == (channels, height, width) {
+        return Ok(image.clone());
+    }
+    let img = DynamicImage::ImageRgb8(to_rgb8(image)?);
+    let img = if (h, w) == (height, width) {
+        img
+    } else {
+        img.resize_to_fill(width as u32, height as u32, FilterType::CatmullRom)
+    };
+    let data: Vec<f32> = match channels {
+        1 => img
+            .to_luma8()
+            .as_raw()
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect(),
+        3 => {
+            let rgb = img.to_rgb8();
+            let raw = rgb.as_raw();
+            (0..3)
+                .flat_map(|c| raw.iter().skip(c).step_by(3).map(|&v| f32::from(v) / 255.0))
+                .collect()
+        }
+        c => bail!("cannot convert images to {c} channels (1 or 3)"),
+    };
+    Ok(Tensor::from_vec(
+        data,
+        (channels, height, width),
+        image.device(),
+    )?)
+}
+
 /// One image `(C, H, W)` (C = 1 or 3, values in [0, 1], clamped) as 8-bit RGB; grey images are
 /// replicated over the three channels.
 pub fn to_rgb8(image: &Tensor) -> Result<RgbImage> {

@@ -423,18 +423,29 @@ pub fn read_data(
     let channels =
         Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
     let ds = spec.open(Split::Val, channels, config.num_frames)?;
-    let want = config.input_dims();
     (0..count.min(ds.len()))
         .map(|i| {
             let s = ds.get(i)?;
-            ensure!(
-                s.shape() == want.as_slice(),
-                "--data: samples are {:?}, the checkpoint takes {want:?} (C, [T,] H, W)",
-                s.shape()
-            );
-            Ok((format!("val_{i:05}"), s.to_tensor(device)?))
+            Ok((format!("val_{i:05}"), fit_sample(&s, config, device)?))
         })
         .collect()
+}
+
+/// A dataset sample as the checkpoint's input: as is when the shape matches; images (not
+/// clips) of another size or channel count are fitted with [`images::fit_image`].
+pub fn fit_sample(s: &dmae_data::Sample, config: &ModelConfig, device: &Device) -> Result<Tensor> {
+    let want = config.input_dims();
+    let t = s.to_tensor(device)?;
+    if s.shape() == want.as_slice() {
+        return Ok(t);
+    }
+    ensure!(
+        !config.is_video() && !s.is_video() && matches!(s.channels(), 1 | 3),
+        "--data: samples are {:?}, the checkpoint takes {want:?} (C, [T,] H, W)",
+        s.shape()
+    );
+    let [h, w] = config.image_size;
+    images::fit_image(&t, config.in_channels, h, w)
 }
 
 /// `dmae sample` flags.
