@@ -296,6 +296,27 @@ fn eval_reports_inpainting_and_classifier_metrics() {
     let (t1, t5) = (v["top1"].as_f64().unwrap(), v["top5"].as_f64().unwrap());
     assert!((0.0..=1.0).contains(&t1) && t5 >= t1 && t5 <= 1.0, "{v}");
     assert!(t1 > 0.2, "val top-1 {t1} not above chance");
+    // DDPM runs all 1000 steps.
+    let v: serde_json::Value = serde_json::from_str(
+        ok(&[
+            "eval",
+            "--checkpoint",
+            s(&f.diffmae),
+            "--task",
+            "inpaint",
+            "--limit",
+            "2",
+            "--sampler",
+            "ddpm",
+            "--mask",
+            "block:0.5",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(v["sampler"], "ddpm 1000 steps");
+    assert!(v["psnr"].as_f64().unwrap() > 0.0);
     // The table form names the metrics.
     let table = ok(&[
         "eval",
