@@ -267,7 +267,10 @@ fn eval_reports_inpainting_and_classifier_metrics() {
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(v["task"], "inpaint");
+    assert_eq!(
+        (&v["task"], &v["data"]),
+        (&"inpaint".into(), &"bundled".into())
+    );
     assert_eq!(v["count"], 24);
     let num = |k: &str| {
         v[k].as_f64()

@@ -47,8 +47,8 @@ pub struct Args {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Data SPEC; its validation split is used.
-    #[arg(long, default_value = "bundled")]
-    pub data: DataSpec,
+    #[arg(long, default_value = "bundled", value_parser = parse_data)]
+    pub data: DataArg,
     /// What to measure.
     #[arg(long, value_enum)]
     pub task: Task,
@@ -84,6 +84,22 @@ pub struct Args {
     pub device: String,
 }
 
+/// `--data` as given (for the report) and parsed.
+#[derive(Clone, Debug)]
+pub struct DataArg {
+    /// The SPEC as typed.
+    pub raw: String,
+    /// The parsed SPEC.
+    pub spec: DataSpec,
+}
+
+fn parse_data(s: &str) -> Result<DataArg> {
+    Ok(DataArg {
+        raw: s.to_string(),
+        spec: s.parse()?,
+    })
+}
+
 /// Default number of images for inpainting (sampling is the slow part).
 const DEFAULT_INPAINT_LIMIT: usize = 256;
 
@@ -104,7 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         "checkpoint".into(),
         json!(args.checkpoint.display().to_string()),
     );
-    out.insert("data".into(), json!(format!("{:?}", args.data)));
+    out.insert("data".into(), json!(args.data.raw));
     match args.task {
         Task::Classify => classify(&args, &device, &mut out)?,
         Task::Inpaint => inpaint(&args, &device, &mut out)?,
@@ -171,7 +187,7 @@ fn load_classifier(path: &std::path::Path, device: &Device) -> Result<Classifier
 
 fn classify(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result<()> {
     let clf = load_classifier(&args.checkpoint, device)?;
-    let ds = open_val(&args.data, clf.config())?;
+    let ds = open_val(&args.data.spec, clf.config())?;
     let n = args.limit.unwrap_or(usize::MAX).min(ds.len());
     ensure!(n > 0, "--limit 0: nothing to evaluate");
     let k = clf.num_classes().min(5);
@@ -236,7 +252,7 @@ fn features(clf: &Classifier, x: &Tensor) -> Result<Vec<f64>> {
 fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result<()> {
     let model = sample::load_model(&args.checkpoint, device)?;
     let config = model.config().clone();
-    let ds = open_val(&args.data, &config)?;
+    let ds = open_val(&args.data.spec, &config)?;
     let n = args.limit.unwrap_or(DEFAULT_INPAINT_LIMIT).min(ds.len());
     ensure!(n > 0, "--limit 0: nothing to evaluate");
     let mask_spec = args
