@@ -13,7 +13,6 @@ use dmae_data::{bundled_mnist, Dataset, Split};
 use dmae_models::{Classifier, DiffMae, ModelConfig, Pool};
 
 struct Fixture {
-    _dir: tempfile::TempDir,
     root: PathBuf,
     diffmae: PathBuf,
     mae: PathBuf,
@@ -57,8 +56,11 @@ fn cross_entropy(logits: &Tensor, labels: &[u32]) -> (Tensor, f64) {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
+        // Under cargo's per-target scratch directory, recreated on every run (a shared static
+        // fixture is never dropped, so a temp dir would leak).
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sample_eval");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
         let dev = Device::Cpu;
         let cfg = small(ModelConfig::mnist());
         let diffmae = root.join("diffmae.safetensors");
@@ -121,7 +123,6 @@ fn fixture() -> &'static Fixture {
         let classifier = root.join("classifier.safetensors");
         clf.save(&classifier).unwrap();
         Fixture {
-            _dir: dir,
             root,
             diffmae,
             mae,
