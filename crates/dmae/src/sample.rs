@@ -1,0 +1,673 @@
+//! `dmae sample`: inpainting with a DiffMAE (or MAE) checkpoint, written as pictures.
+//!
+//! The pipeline ([`inpaint`]) is the paper's: patchify, split by the mask, run the encoder
+//! **once** on the visible patches, then let the sampler start the masked patches from
+//! `x_{T−1} ~ N(0, I)` and call the decoder at every visited timestep; the visible patches are
+//! never noised and are pasted back unchanged. Every `x̂_0` prediction is clamped to [0, 1]
+//! (the data range). The noise schedule is the one the models are trained with
+//! (`Pretraining::for_config`: linear β, `T = 1000`).
+//!
+//! Checkpoints trained with `norm_pix_loss` predict per-patch normalised pixels. They are
+//! shown, as in MAE's demo, by de-normalising each predicted patch with the mean and variance
+//! of the **ground-truth** patch it replaces; this leaks two numbers per masked patch, is meant
+//! for display only, and `dmae eval` says so when it scores such a checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor, D};
+use dmae_data::{Channels, Split};
+use dmae_diffusion::{
+    Denoiser, MaskIndices, MaskStrategy, NoiseSchedule, PatchGrid, PatchMask, ResizeRule, RngKey,
+    Sampler, SamplerKind, VideoGrid, VideoMaskStrategy,
+};
+use dmae_models::{DiffMae, MaskedInput, ModelConfig, TokenMask};
+
+use crate::common::{parse_device, DataSpec};
+use crate::images;
+
+/// Columns of a trajectory strip (evenly spaced over the visited timesteps, first and last
+/// always included).
+pub const TRAJECTORY_COLUMNS: usize = 10;
+
+/// `--mask`: which patches to hide.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskSpec {
+    /// `center[:F]`: a centered block of about `F` of the area (default 0.25); on video, the
+    /// same block in every frame.
+    Center(f64),
+    /// `random:R`: `R` of the patches at random (MAE's 0.75 by default); on video, random
+    /// space-time tokens.
+    Random(f64),
+    /// `block:R`: BEiT block-wise masking of `R` of the patches (default 0.4).
+    Block(f64),
+    /// `tube:R` (video): a random spatial mask of `R` (default 0.9), the same in every frame.
+    Tube(f64),
+    /// `future:K` (video): the last `K` frames are masked (prediction).
+    Future(usize),
+    /// `middle:K` (video): the `K` middle frames are masked (interpolation).
+    Middle(usize),
+    /// A mask image (white = masked), the checkpoint's image size or its patch-grid size;
+    /// any patch touching a white pixel is masked. On video, the same mask in every frame.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for MaskSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaskSpec::Center(r) => write!(f, "center:{r}"),
+            MaskSpec::Random(r) => write!(f, "random:{r}"),
+            MaskSpec::Block(r) => write!(f, "block:{r}"),
+            MaskSpec::Tube(r) => write!(f, "tube:{r}"),
+            MaskSpec::Future(k) => write!(f, "future:{k}"),
+            MaskSpec::Middle(k) => write!(f, "middle:{k}"),
+            MaskSpec::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for MaskSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        let ratio = |default: f64| -> Result<f64> {
+            let r = match arg {
+                None => default,
+                Some(a) => a
+                    .parse::<f64>()
+                    .with_context(|| format!("{kind}: expected a fraction, got {a:?}"))?,
+            };
+            ensure!(
+                r > 0.0 && r < 1.0,
+                "{kind}: the fraction must be in (0, 1), got {r}"
+            );
+            Ok(r)
+        };
+        let frames = || -> Result<usize> {
+            let a = arg.with_context(|| format!("{kind}: expected {kind}:K (frames)"))?;
+            let k = a
+                .parse::<usize>()
+                .with_context(|| format!("{kind}: K must be a whole number, got {a:?}"))?;
+            ensure!(k > 0, "{kind}: K must be at least 1");
+            Ok(k)
+        };
+        Ok(match kind {
+            "center" => MaskSpec::Center(ratio(0.25)?),
+            "random" => MaskSpec::Random(ratio(0.75)?),
+            "block" => MaskSpec::Block(ratio(0.4)?),
+            "tube" => MaskSpec::Tube(ratio(0.9)?),
+            "future" => MaskSpec::Future(frames()?),
+            "middle" => MaskSpec::Middle(frames()?),
+            _ if is_image_path(s) => MaskSpec::File(PathBuf::from(s)),
+            _ => bail!(
+                "unknown mask {s:?} (center[:F], random:R, block:R, tube:R, future:K, middle:K \
+                 or a .png/.jpg/.bmp mask image)"
+            ),
+        })
+    }
+}
+
+fn is_image_path(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    [".png", ".jpg", ".jpeg", ".bmp", ".gif"]
+        .iter()
+        .any(|e| l.ends_with(e))
+}
+
+impl MaskSpec {
+    /// The default: `center:0.25` for images (the center-inpainting benchmark), `tube:0.9` for
+    /// video (VideoMAE's tube masking).
+    pub fn default_for(config: &ModelConfig) -> Self {
+        if config.is_video() {
+            MaskSpec::Tube(0.9)
+        } else {
+            MaskSpec::Center(0.25)
+        }
+    }
+
+    /// Draws the masks of `n` samples for `config` (random masks from `key`, per sample).
+    /// Errors when the mask does not fit the checkpoint or hides nothing.
+    pub fn build(
+        &self,
+        config: &ModelConfig,
+        n: usize,
+        key: RngKey,
+        device: &Device,
+    ) -> Result<MaskIndices> {
+        let (rows, cols) = config.grid();
+        let grid = PatchGrid::new(rows, cols);
+        let image_strategy = |spec: &MaskSpec| -> Result<MaskStrategy> {
+            Ok(match spec {
+                MaskSpec::Center(r) => MaskStrategy::center_block(*r)?,
+                MaskSpec::Random(r) => MaskStrategy::random(*r)?,
+                MaskSpec::Block(r) => MaskStrategy::block_wise(*r)?,
+                MaskSpec::File(p) => MaskStrategy::Fixed(mask_file(p, config, grid)?),
+                _ => bail!("--mask {self}: needs a video checkpoint (this one takes images)"),
+            })
+        };
+        let m = if config.is_video() {
+            let tp = config.time_steps();
+            let vgrid = VideoGrid::new(tp, rows, cols);
+            let to_positions = |k: usize| -> Result<usize> {
+                ensure!(
+                    k.is_multiple_of(config.tubelet) && k < config.num_frames,
+                    "--mask {self}: K must be a multiple of the tubelet ({}) and fewer than the \
+                     {} frames",
+                    config.tubelet,
+                    config.num_frames
+                );
+                Ok(k / config.tubelet)
+            };
+            match self {
+                MaskSpec::Tube(r) => VideoMaskStrategy::tube(*r)?.sample(vgrid, n, key, device)?,
+                MaskSpec::Random(r) => {
+                    VideoMaskStrategy::random_space_time(*r)?.sample(vgrid, n, key, device)?
+                }
+                MaskSpec::Future(k) => VideoMaskStrategy::FutureFrames {
+                    visible: tp - to_positions(*k)?,
+                }
+                .sample(vgrid, n, key, device)?,
+                MaskSpec::Middle(k) => {
+                    let k = to_positions(*k)?;
+                    let start = (tp - k) / 2;
+                    let hw = rows * cols;
+                    let one: Vec<bool> = (0..vgrid.len())
+                        .map(|j| (start..start + k).contains(&(j / hw)))
+                        .collect();
+                    MaskIndices::from_masks(vec![one; n], device)?
+                }
+                spec => {
+                    VideoMaskStrategy::Tube(image_strategy(spec)?).sample(vgrid, n, key, device)?
+                }
+            }
+        } else {
+            image_strategy(self)?.sample(grid, n, key, device)?
+        };
+        ensure!(m.num_masked() > 0, "--mask {self} hides no patch");
+        Ok(m)
+    }
+}
+
+/// A mask image of exactly the checkpoint's image size or its patch-grid size.
+fn mask_file(path: &Path, config: &ModelConfig, grid: PatchGrid) -> Result<PatchMask> {
+    let (w, h) = image::image_dimensions(path)
+        .with_context(|| format!("--mask {}: not a readable image", path.display()))?;
+    let [ih, iw] = config.image_size;
+    let (w, h) = (w as usize, h as usize);
+    ensure!(
+        (h, w) == (ih, iw) || (h, w) == (grid.rows, grid.cols),
+        "--mask {}: the mask is {w}x{h} pixels; this checkpoint needs {iw}x{ih} (image) or {}x{} \
+         (one pixel per patch)",
+        path.display(),
+        grid.cols,
+        grid.rows
+    );
+    PatchMask::from_image_path(path, grid, ResizeRule::Any)
+        .with_context(|| format!("--mask {}", path.display()))
+}
+
+/// `--sampler`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerArg {
+    /// DDIM over `--steps` evenly spaced timesteps, noise `--eta`.
+    Ddim,
+    /// DDPM ancestral sampling over all 1000 steps.
+    Ddpm,
+    /// One prediction at t = T−1 (MAE, and DiffMAE's first step).
+    Mae,
+}
+
+/// The sampler for `config`: MAE checkpoints (mask-token decoder) always use the single-call
+/// MAE sampler; DiffMAE checkpoints use `arg` (default DDIM).
+pub fn build_sampler(
+    config: &ModelConfig,
+    arg: Option<SamplerArg>,
+    steps: usize,
+    eta: f64,
+) -> Result<Sampler> {
+    let schedule = NoiseSchedule::linear(1000)?;
+    let mae_model = config.decoder.masked_input == MaskedInput::MaskToken;
+    let kind = match (arg, mae_model) {
+        (Some(a), true) if a != SamplerArg::Mae => bail!(
+            "--sampler {}: this is an MAE checkpoint (mask-token decoder): it inpaints in one \
+             decoder call, use --sampler mae or leave --sampler out",
+            format!("{a:?}").to_lowercase()
+        ),
+        (_, true) | (Some(SamplerArg::Mae), _) => SamplerKind::Mae,
+        (Some(SamplerArg::Ddpm), _) => SamplerKind::Ddpm,
+        (Some(SamplerArg::Ddim) | None, _) => SamplerKind::Ddim { steps, eta },
+    };
+    Sampler::new(schedule, kind)
+        .with_context(|| format!("sampler {kind:?}"))?
+        .with_clip_x0(Some((0.0, 1.0)))
+        .map_err(Into::into)
+}
+
+/// A short description of a sampler, e.g. `ddim 50 steps (eta 0)`.
+pub fn describe(sampler: &Sampler) -> String {
+    match sampler.kind() {
+        SamplerKind::Ddpm => format!("ddpm {} steps", sampler.timesteps().len()),
+        SamplerKind::Ddim { steps, eta } => format!("ddim {steps} steps (eta {eta})"),
+        SamplerKind::Mae => "mae (one decoder call at t = T-1)".into(),
+    }
+}
+
+/// The result of inpainting a batch; every image tensor is `(N, C, H, W)` (clips
+/// `(N, C, T, H, W)`) with values in [0, 1].
+#[derive(Clone, Debug)]
+pub struct Inpainted {
+    /// The ground truth.
+    pub input: Tensor,
+    /// The ground truth with the masked pixels grey ([`images::MASK_GREY`]).
+    pub masked_input: Tensor,
+    /// Visible pixels of the input and generated masked pixels.
+    pub sample: Tensor,
+    /// 1 at masked pixels, 0 elsewhere (every channel).
+    pub pixel_mask: Tensor,
+    /// With a trajectory: `(t, x̂_0 at t pasted into the visible pixels)` for every visited
+    /// timestep from `T − 1` (the MAE-like first step) to the last.
+    pub trajectory: Vec<(usize, Tensor)>,
+}
+
+/// Patches `(N, L, P)` back to images or clips of `config`.
+pub fn unpatch(config: &ModelConfig, patches: &Tensor) -> Result<Tensor> {
+    let [h, w] = config.image_size;
+    let c = config.in_channels;
+    Ok(if config.is_video() {
+        dmae_core::unpatchify_video(
+            patches,
+            config.tubelet,
+            config.patch_size,
+            (c, config.num_frames, h, w),
+        )?
+    } else {
+        dmae_core::unpatchify(patches, config.patch_size, (c, h, w))?
+    })
+}
+
+/// Inpaints `images` (`(N, C, H, W)` or clips, in [0, 1]) where `mask` hides patches: encoder
+/// once on the visible patches, `sampler` over the masked ones (started from noise drawn from
+/// `key`), visible patches pasted back. `trajectory` records every `x̂_0`.
+pub fn inpaint(
+    model: &DiffMae,
+    images: &Tensor,
+    mask: &MaskIndices,
+    sampler: &Sampler,
+    key: RngKey,
+    trajectory: bool,
+) -> Result<Inpainted> {
+    let config = model.config();
+    let n = images.dims().first().copied().unwrap_or(0);
+    let mut want = vec![n];
+    want.extend(config.input_dims());
+    ensure!(
+        images.dims() == want.as_slice(),
+        "inpaint: images are {:?}, the checkpoint takes {want:?}",
+        images.dims()
+    );
+    let patches = config.patchify(images)?;
+    let (x0_v, x0_m) = mask.split(&patches)?;
+    let masking = TokenMask::from(mask);
+    let ctx = model.encode(&x0_v, &masking)?;
+    let sampler = sampler.clone().with_trajectory(trajectory);
+    let mut den = model.denoiser(&ctx, &masking);
+    let (dev, dtype) = (images.device(), x0_m.dtype());
+    let out = if config.norm_pix_loss {
+        // Display only: per-patch normalised predictions de-normalised with the true patch's
+        // mean and (unbiased) variance, MAE's eps 1e-6 (module docs).
+        let mean = x0_m.mean_keepdim(D::Minus1)?;
+        let std = (x0_m.var_keepdim(D::Minus1)? + 1e-6)?.sqrt()?;
+        let mut f = |x_t: &Tensor, t: &[usize]| -> dmae_diffusion::Result<Tensor> {
+            let p = den.predict_x0(x_t, t)?;
+            Ok(p.broadcast_mul(&std)?.broadcast_add(&mean)?)
+        };
+        sampler.sample(&mut f, x0_m.dims(), dtype, dev, key)?
+    } else {
+        sampler.sample(&mut den, x0_m.dims(), dtype, dev, key)?
+    };
+    let paste = |x0: &Tensor| -> Result<Tensor> {
+        Ok(unpatch(config, &mask.merge(&x0_v, x0)?)?.clamp(0f32, 1f32)?)
+    };
+    let pixel_mask = {
+        let m = mask.mask_tensor(dtype)?.unsqueeze(2)?;
+        let m = m.broadcast_as(patches.dims())?.contiguous()?;
+        unpatch(config, &m)?
+    };
+    let trajectory = out
+        .trajectory
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| Ok((s.t, paste(&s.x0_pred)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Inpainted {
+        masked_input: images::grey_out(images, &pixel_mask)?,
+        sample: paste(&out.x0)?,
+        input: images.clone(),
+        pixel_mask,
+        trajectory,
+    })
+}
+
+/// `k` indices evenly spaced over `0..len`, first and last included.
+pub fn spaced(len: usize, k: usize) -> Vec<usize> {
+    if len <= k {
+        return (0..len).collect();
+    }
+    let mut v: Vec<usize> = (0..k)
+        .map(|i| ((i as f64) * (len - 1) as f64 / (k - 1).max(1) as f64).round() as usize)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// Loads a DiffMAE/MAE checkpoint, naming the file in errors.
+pub fn load_model(path: &Path, device: &Device) -> Result<DiffMae> {
+    DiffMae::load(path, device)
+        .with_context(|| format!("cannot load checkpoint {}", path.display()))
+}
+
+/// One named input: `(name for output files, (C, H, W) or (C, T, H, W) tensor)`.
+pub type NamedInput = (String, Tensor);
+
+/// Image files from `--input` (a file, or every image file of a directory, sorted by name).
+fn read_inputs(path: &Path, config: &ModelConfig, device: &Device) -> Result<Vec<NamedInput>> {
+    ensure!(
+        !config.is_video(),
+        "--input: video checkpoints take clips from --data (moving-mnist[...] or frames:DIR)"
+    );
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.to_str().is_some_and(is_image_path))
+            .collect();
+        f.sort();
+        ensure!(
+            !f.is_empty(),
+            "--input {}: no .png/.jpg/.jpeg/.bmp/.gif files",
+            path.display()
+        );
+        f
+    } else {
+        ensure!(path.exists(), "--input {}: no such file", path.display());
+        vec![path.to_path_buf()]
+    };
+    let [h, w] = config.image_size;
+    files
+        .iter()
+        .map(|f| {
+            let name = f
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "input".into());
+            Ok((
+                name,
+                images::load_image(f, config.in_channels, h, w, device)?,
+            ))
+        })
+        .collect()
+}
+
+/// The first `count` validation samples of `spec`.
+pub fn read_data(
+    spec: &DataSpec,
+    count: usize,
+    config: &ModelConfig,
+    device: &Device,
+) -> Result<Vec<NamedInput>> {
+    let channels =
+        Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
+    let ds = spec.open(Split::Val, channels, config.num_frames)?;
+    (0..count.min(ds.len()))
+        .map(|i| {
+            let s = ds.get(i)?;
+            Ok((format!("val_{i:05}"), fit_sample(&s, config, device)?))
+        })
+        .collect()
+}
+
+/// A dataset sample as the checkpoint's input: as is when the shape matches; images (not
+/// clips) of another size or channel count are fitted with [`images::fit_image`].
+pub fn fit_sample(s: &dmae_data::Sample, config: &ModelConfig, device: &Device) -> Result<Tensor> {
+    let want = config.input_dims();
+    let t = s.to_tensor(device)?;
+    if s.shape() == want.as_slice() {
+        return Ok(t);
+    }
+    ensure!(
+        !config.is_video() && !s.is_video() && matches!(s.channels(), 1 | 3),
+        "--data: samples are {:?}, the checkpoint takes {want:?} (C, [T,] H, W)",
+        s.shape()
+    );
+    let [h, w] = config.image_size;
+    images::fit_image(&t, config.in_channels, h, w)
+}
+
+/// `dmae sample` flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// DiffMAE or MAE checkpoint (safetensors with its config).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// An image file, or a directory of them (resized/cropped to the checkpoint's size).
+    #[arg(long, required_unless_present = "data", conflicts_with = "data")]
+    pub input: Option<PathBuf>,
+    /// Validation samples of a data SPEC instead of files (bundled, mnist:DIR, moving-mnist[...]).
+    #[arg(long)]
+    pub data: Option<DataSpec>,
+    /// With --data: how many samples (the first N of the validation split).
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// center[:F] | random:R | block:R | FILE.png; video: tube:R | future:K | middle:K.
+    /// Default center:0.25 (images), tube:0.9 (video).
+    #[arg(long)]
+    pub mask: Option<MaskSpec>,
+    /// Default ddim (mae for MAE checkpoints).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Seed of the masks and the sampler noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the strip of x0 predictions from t = T-1 to 0.
+    #[arg(long)]
+    pub trajectory: bool,
+    /// Images per sampler batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:<index>.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `dmae sample`.
+pub fn run(args: Args) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    ensure!(args.batch_size > 0, "--batch-size must be positive");
+    let model = load_model(&args.checkpoint, &device)?;
+    let config = model.config().clone();
+    let mask_spec = args
+        .mask
+        .clone()
+        .unwrap_or_else(|| MaskSpec::default_for(&config));
+    let sampler = build_sampler(&config, args.sampler, args.steps, args.eta)?;
+    // Validate the mask before reading any input.
+    mask_spec.build(&config, 1, RngKey::new(args.seed, 0), &device)?;
+    let inputs = match (&args.input, &args.data) {
+        (Some(p), _) => read_inputs(p, &config, &device)?,
+        (None, Some(spec)) => read_data(spec, args.count, &config, &device)?,
+        (None, None) => bail!("give --input IMG|DIR or --data SPEC"),
+    };
+    ensure!(!inputs.is_empty(), "no input to sample");
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let start = Instant::now();
+    let mut written = Vec::new();
+    for (b, chunk) in inputs.chunks(args.batch_size).enumerate() {
+        let batch = Tensor::stack(&chunk.iter().map(|(_, t)| t).collect::<Vec<_>>(), 0)?;
+        let key = RngKey::new(args.seed, b as u64);
+        let mask = mask_spec.build(&config, chunk.len(), key, &device)?;
+        let r = inpaint(&model, &batch, &mask, &sampler, key, args.trajectory)?;
+        for (i, (name, _)) in chunk.iter().enumerate() {
+            written.extend(write_one(&args.out, name, &r, i, config.is_video())?);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "sampled {} input(s) in {secs:.1} s ({:.2} s each): {}, mask {mask_spec}, seed {}",
+        inputs.len(),
+        secs / inputs.len() as f64,
+        describe(&sampler),
+        args.seed
+    );
+    if args.trajectory {
+        let ts: Vec<usize> = sampler.timesteps().to_vec();
+        let cols: Vec<usize> = spaced(ts.len(), TRAJECTORY_COLUMNS)
+            .into_iter()
+            .map(|i| ts[i])
+            .collect();
+        println!("trajectory columns: x0 predictions at t = {cols:?} (the first is MAE-like)");
+    }
+    if config.norm_pix_loss {
+        println!(
+            "note: this checkpoint predicts per-patch normalised pixels; they are shown \
+             de-normalised with each true patch's mean/variance (display only, as MAE's demo)"
+        );
+    }
+    println!(
+        "wrote {} file(s) to {} ([masked input | sample | ground truth] per input)",
+        written.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Writes the pictures of sample `i` of a batch; returns the paths written.
+fn write_one(out: &Path, name: &str, r: &Inpainted, i: usize, video: bool) -> Result<Vec<PathBuf>> {
+    let one = |t: &Tensor| -> Result<Tensor> { Ok(t.get(i)?.unsqueeze(0)?) };
+    let (masked, sample, truth) = (one(&r.masked_input)?, one(&r.sample)?, one(&r.input)?);
+    let steps = spaced(r.trajectory.len(), TRAJECTORY_COLUMNS);
+    let mut paths = Vec::new();
+    if !video {
+        let p = out.join(format!("{name}.png"));
+        images::write_grid(&p, &[Tensor::cat(&[&masked, &sample, &truth], 0)?])?;
+        paths.push(p);
+        if !steps.is_empty() {
+            let row = steps
+                .iter()
+                .map(|&k| one(&r.trajectory[k].1))
+                .collect::<Result<Vec<_>>>()?;
+            let p = out.join(format!("{name}_trajectory.png"));
+            images::write_grid(&p, &[Tensor::cat(&row, 0)?])?;
+            paths.push(p);
+        }
+        return Ok(paths);
+    }
+    // Clips (1, C, T, H, W): one [masked | sample | truth] picture per frame.
+    let frames = truth.dim(2)?;
+    let frame = |t: &Tensor, f: usize| -> Result<Tensor> { Ok(t.narrow(2, f, 1)?.squeeze(2)?) };
+    let dir = out.join(format!("{name}_frames"));
+    let mut pictures = Vec::with_capacity(frames);
+    for f in 0..frames {
+        let row = Tensor::cat(
+            &[frame(&masked, f)?, frame(&sample, f)?, frame(&truth, f)?],
+            0,
+        )?;
+        let pic = images::grid_image(&[row])?;
+        let p = dir.join(format!("frame_{f:03}.png"));
+        images::save_png(&p, &pic)?;
+        paths.push(p);
+        pictures.push(pic);
+    }
+    let p = out.join(format!("{name}.gif"));
+    images::write_gif(&p, &pictures, 250)?;
+    paths.push(p);
+    if !steps.is_empty() {
+        // Rows: frames; columns: the trajectory's x0 predictions.
+        let rows = (0..frames)
+            .map(|f| {
+                let cells = steps
+                    .iter()
+                    .map(|&k| frame(&one(&r.trajectory[k].1)?, f))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&cells, 0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let p = out.join(format!("{name}_trajectory.png"));
+        images::write_grid(&p, &rows)?;
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_specs_parse() {
+        assert_eq!(
+            "center".parse::<MaskSpec>().unwrap(),
+            MaskSpec::Center(0.25)
+        );
+        assert_eq!(
+            "random:0.5".parse::<MaskSpec>().unwrap(),
+            MaskSpec::Random(0.5)
+        );
+        assert_eq!("future:2".parse::<MaskSpec>().unwrap(), MaskSpec::Future(2));
+        assert_eq!(
+            "holes/m.png".parse::<MaskSpec>().unwrap(),
+            MaskSpec::File("holes/m.png".into())
+        );
+        for bad in ["random:1.5", "future", "middle:x", "stripes", "center:0"] {
+            assert!(bad.parse::<MaskSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spaced_keeps_ends() {
+        assert_eq!(spaced(50, 10).first(), Some(&0));
+        assert_eq!(spaced(50, 10).last(), Some(&49));
+        assert_eq!(spaced(50, 10).len(), 10);
+        assert_eq!(spaced(3, 10), vec![0, 1, 2]);
+        assert_eq!(spaced(1, 10), vec![0]);
+    }
+
+    #[test]
+    fn middle_and_future_masks_on_video() {
+        let mut c = ModelConfig::mnist();
+        c.num_frames = 8;
+        c.tubelet = 2;
+        c.image_size = [8, 8];
+        let dev = Device::Cpu;
+        let m = MaskSpec::Middle(4)
+            .build(&c, 2, RngKey::new(0, 0), &dev)
+            .unwrap();
+        // 4 temporal positions of 2 x 2 patches; positions 1 and 2 masked.
+        let want: Vec<bool> = (0..16).map(|j| (1..3).contains(&(j / 4))).collect();
+        assert_eq!(m.masks()[1], want);
+        let f = MaskSpec::Future(2)
+            .build(&c, 1, RngKey::new(0, 0), &dev)
+            .unwrap();
+        assert_eq!(f.num_masked(), 4);
+        assert!(MaskSpec::Future(3)
+            .build(&c, 1, RngKey::new(0, 0), &dev)
+            .is_err());
+        assert!(MaskSpec::Tube(0.5)
+            .build(&ModelConfig::mnist(), 1, RngKey::new(0, 0), &dev)
+            .is_err());
+    }
+}
