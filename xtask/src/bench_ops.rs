@@ -18,7 +18,7 @@ pub struct OpsArgs {
     /// Only the ops whose name contains this.
     #[arg(long)]
     only: Option<String>,
-    /// Device: cpu or cuda[:i] (needs the `cuda` feature).
+    /// Device: cpu, cuda or cuda:INDEX (needs the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
 }

@@ -22,7 +22,7 @@ pub struct SampleArgs {
     /// Fraction of patches masked (random mask).
     #[arg(long, default_value_t = 0.75)]
     mask_ratio: f64,
-    /// Device: cpu or cuda[:i].
+    /// Device: cpu, cuda or cuda:INDEX.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

@@ -278,9 +278,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                     .output()
                     .with_context(|| format!("starting {}", dmae.display()))?;
                 if o.status.success() {
-                    let v: serde_json::Value = serde_json::from_slice(&o.stdout).with_context(
-                        || format!("stage {}: stdout is not one JSON object", j.name),
-                    )?;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&o.stdout).with_context(|| {
+                            format!("stage {}: stdout is not one JSON object", j.name)
+                        })?;
                     let tmp = json_path.with_extension("json.tmp");
                     std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
                     std::fs::rename(&tmp, &json_path)?;
@@ -406,7 +407,10 @@ fn summary_markdown(
         }
         s.push('\n');
     }
-    let _ = writeln!(s, "<details><summary>commands</summary>\n\n```\n{log}```\n</details>");
+    let _ = writeln!(
+        s,
+        "<details><summary>commands</summary>\n\n```\n{log}```\n</details>"
+    );
     s
 }
 
