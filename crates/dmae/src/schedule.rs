@@ -223,7 +223,7 @@ mod tests {
         let got = acc.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(got, vec![5., 5.]);
         let e = Var::new(&[0f32, 0.], &dev).unwrap();
-        ema_update(&[e.clone()], &vars, 0.75).unwrap();
+        ema_update(std::slice::from_ref(&e), &vars, 0.75).unwrap();
         assert_eq!(e.as_tensor().to_vec1::<f32>().unwrap(), vec![0.25, 0.5]);
     }
 
