@@ -382,3 +382,55 @@ fn finetune_linear_probe_and_from_scratch_report_val_accuracy() {
     let n = "encoder.blocks.1.mlp.fc1.weight";
     assert_eq!(w(pre.named_params(), n), w(probe.named_params(), n));
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130_and_the_run_resumes() {
+    let root = tmp("sigint");
+    let cfg = small_config(&root);
+    let out = root.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_dmae"))
+        .args([
+            "train",
+            "--config",
+            s(&cfg),
+            "--steps",
+            "5000",
+            "--log-every",
+            "1",
+            "--save-every",
+            "4000",
+            "--out",
+            s(&out),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first logged step, so the handler is installed and a step is running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !out.join("metrics.jsonl").is_file() || losses(&out).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no step logged in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        err.contains("interrupted at step") && err.contains("--resume"),
+        "{err}"
+    );
+    // The checkpoint of the interrupted step exists (long before --save-every) and loads.
+    DiffMae::load(out.join("checkpoint.safetensors"), &Device::Cpu).unwrap();
+    let last = losses(&out).last().unwrap().0;
+    let stop = (last + 2).to_string();
+    ok(&["train", "--resume", "--out", s(&out), "--stop-at", &stop]);
+    assert_eq!(losses(&out).last().unwrap().0, last + 2);
+}
