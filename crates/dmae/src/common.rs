@@ -10,6 +10,20 @@ use dmae_data::{
     FrameSampling, ImageFolder, Mnist, MovingMnist, MovingMnistConfig, Split,
 };
 
+/// A run stopped by Ctrl-C after saving its state: `main` prints the message (not as an
+/// error) and exits with 130, the shell's code for SIGINT, so that `train && finetune` does not
+/// go on with an unfinished run.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// `--device cpu|cuda|cuda:<index>`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     match spec {

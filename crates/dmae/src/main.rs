@@ -1,6 +1,7 @@
 //! `dmae`: the DiffMAE command-line tool (train, finetune, eval, sample).
 //!
-//! Exit codes: 0 success, 1 runtime error (one `error: ...` line on stderr), 2 usage error (clap).
+//! Exit codes: 0 success, 1 runtime error (one `error: ...` line on stderr), 2 usage error
+//! (clap), 130 stopped by Ctrl-C after saving a checkpoint.
 
 use std::process::ExitCode;
 
@@ -8,10 +9,15 @@ use clap::{Parser, Subcommand};
 
 mod common;
 mod eval;
+mod finetune;
 mod images;
 mod import_hf;
 mod metrics;
+mod run_dir;
 mod sample;
+mod schedule;
+mod settings;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -24,10 +30,13 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// One variant per subcommand, each `X(x::Args)` run by `x::run`.
 #[derive(Subcommand)]
 enum Command {
-    /// DiffMAE (or MAE) pre-training on the bundled MNIST digits by default.
-    Train,
+    /// DiffMAE (or MAE) pre-training; with no arguments the mnist preset on the bundled digits.
+    Train(train::Args),
+    /// Classification fine-tuning (or linear probing) of a pre-trained encoder.
+    Finetune(finetune::Args),
     /// Inpaint images or clips with a DiffMAE/MAE checkpoint and write pictures.
     Sample(sample::Args),
     /// Evaluate a classifier (top-1/top-5) or an inpainting model (PSNR, SSIM, sharpness, FD).
@@ -38,21 +47,40 @@ enum Command {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Train) | None => anyhow::bail!(
-            "`dmae train` is not available yet: the training loop lands with the binary issue"
-        ),
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Finetune(args)) => finetune::run(args),
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::ImportHf(args)) => import_hf::run(args),
+        // `dmae` alone trains with the defaults, as `dmae train`.
+        None => train::run(train::Args::default()),
     }
 }
 
 fn main() -> ExitCode {
+    // candle's CPU thread pool spins 25,000 pause instructions per worker before sleeping, after
+    // every op. On a small machine shared with rayon (our kernels, the data loader) the spinning
+    // workers steal the cores the other pool needs: measured 1.5-8x slower small ops. 200 keeps
+    // the hand-off fast without the fight. Set before candle creates its pool (first op).
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if let Some(i) = e.downcast_ref::<common::Interrupted>() {
+                eprintln!("{i}");
+                return ExitCode::from(130);
+            }
+            // One line: anyhow's `{:#}` joins the context chain with ": "; inner messages
+            // may still hold newlines (TOML parse errors, for instance).
+            let msg = format!("{e:#}")
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("error: {msg}");
             ExitCode::from(1)
         }
     }
