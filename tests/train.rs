@@ -94,6 +94,14 @@ fn trained() -> &'static PathBuf {
     })
 }
 
+/// Width and height from a PNG's IHDR chunk.
+fn image_size(path: &Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[1..4], b"PNG", "{}", path.display());
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
 #[test]
 fn short_train_loss_falls_and_writes_the_run_directory() {
     let out = trained();
@@ -108,6 +116,14 @@ fn short_train_loss_falls_and_writes_the_run_directory() {
     }
     let png = std::fs::read(out.join("loss.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
+    // The inpainting grid of the last step: 3 rows (masked, sample, truth) of 8 digits.
+    let grid = out.join("samples").join("step_000150.png");
+    let (w, h) = image_size(&grid);
+    assert!(
+        w > 8 * 28 && h > 3 * 28 && w > h,
+        "{}: {w}x{h}",
+        grid.display()
+    );
     let l = losses(out);
     assert_eq!(l.len(), 15);
     assert_eq!(l.last().unwrap().0, 150);

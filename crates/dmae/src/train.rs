@@ -33,6 +33,42 @@ use crate::settings::{self, ConfigFile};
 /// so 240 steps take about 4 minutes on 2 idle cores; the loss is near its plateau by then.
 pub const DEFAULT_STEPS: u64 = 240;
 
+/// Validation inputs in each `samples/` grid.
+const PREVIEW_COUNT: usize = 8;
+
+/// Inpaints the preview inputs with the pre-training mask (a fixed draw) and writes the grid
+/// [masked | sample | ground truth], one row each: DDIM 20 steps for DiffMAE, one call for MAE.
+/// Clips show the frames of the first clip.
+fn write_samples(
+    model: &DiffMae,
+    pre: &Pretraining,
+    preview: &Option<Tensor>,
+    seed: u64,
+    path: &Path,
+) -> Result<()> {
+    let Some(images) = preview else {
+        return Ok(());
+    };
+    let config = model.config();
+    let n = images.dim(0)?;
+    let key = RngKey::new(seed, u64::MAX);
+    let mask = pre.mask.sample(config, n, key, images.device())?;
+    let sampler = crate::sample::build_sampler(config, None, 20, 0.0)?;
+    let out = crate::sample::inpaint(model, images, &mask, &sampler, key, false)?;
+    let rows: Vec<Tensor> = [&out.masked_input, &out.sample, &out.input]
+        .into_iter()
+        .map(|t| {
+            if config.is_video() {
+                // (N, C, T, H, W) -> the T frames of clip 0 as (T, C, H, W).
+                t.get(0)?.permute((1, 0, 2, 3))?.contiguous()
+            } else {
+                Ok(t.clone())
+            }
+        })
+        .collect::<candle_core::Result<_>>()?;
+    crate::images::write_grid(path, &rows)
+}
+
 /// `dmae train` flags. Every training flag can also come from the `[train]` table of
 /// `--config` (same names); flags win.
 #[derive(Parser, Debug, Clone, Default)]
@@ -107,6 +143,10 @@ pub struct Args {
     /// Read the loss back and log every N steps.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub log_every: Option<u64>,
+    /// Write an inpainting grid of validation images to samples/ every N steps and at the end
+    /// (default 200; 0 turns it off).
+    #[arg(long, value_name = "N")]
+    pub sample_every: Option<u64>,
     /// Stop after step N with a checkpoint, as if interrupted; the lr schedule still follows
     /// --steps, and --resume continues (splits a run across job time limits).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -180,6 +220,8 @@ pub struct TrainSettings {
     pub save_every: u64,
     /// Log cadence.
     pub log_every: u64,
+    /// Sample-grid cadence (0: off).
+    pub sample_every: u64,
 }
 
 impl Default for TrainSettings {
@@ -209,6 +251,7 @@ impl Default for TrainSettings {
             threads: None,
             save_every: 200,
             log_every: 10,
+            sample_every: 200,
         }
     }
 }
@@ -231,7 +274,8 @@ impl TrainSettings {
             dtype,
             seed,
             save_every,
-            log_every
+            log_every,
+            sample_every
         );
         if a.decoder.is_some() {
             self.decoder = a.decoder.clone();
@@ -571,12 +615,26 @@ pub fn run(args: Args) -> Result<()> {
         _ => DType::F32,
     };
     let spec: DataSpec = s.data.parse()?;
+    if config.is_video() && spec == DataSpec::Bundled {
+        bail!(
+            "--data bundled: the model takes clips ({:?}); use --data moving-mnist[:opts] or frames:DIR",
+            config.input_dims()
+        );
+    }
     let channels = if config.in_channels == 1 {
         Channels::Gray
     } else {
         Channels::Rgb
     };
     let dataset = spec.open(Split::Train, channels, config.num_frames)?;
+    // A fixed handful of validation inputs for the samples/ grids (the same at every step).
+    let preview = if s.sample_every > 0 {
+        let inputs = crate::sample::read_data(&spec, PREVIEW_COUNT, &config, &device)?;
+        let inputs: Vec<Tensor> = inputs.into_iter().map(|(_, t)| t).collect();
+        Some(Tensor::stack(&inputs, 0)?)
+    } else {
+        None
+    };
     let loader = Loader::from_arc(
         dataset,
         LoaderConfig {
@@ -832,6 +890,10 @@ pub fn run(args: Args) -> Result<()> {
                 &meta,
             )?;
             run_dir::plot_loss(&dir)?;
+        }
+        if s.sample_every > 0 && (step % s.sample_every == 0 || step == total) {
+            let path = dir.join("samples").join(format!("step_{step:06}.png"));
+            write_samples(&model, &pre, &preview, s.seed, &path)?;
         }
         if interrupted.load(Ordering::SeqCst) && step < total {
             progress.finish();
