@@ -46,6 +46,7 @@ pub mod reference;
 mod softmax;
 #[cfg(test)]
 mod testutil;
+mod threads;
 mod tokens;
 
 pub use adamw::{AdamW, AdamWConfig, Param};
@@ -55,4 +56,5 @@ pub use gelu::{gelu, Gelu};
 pub use layer_norm::layer_norm;
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
 pub use softmax::softmax;
+pub use threads::{configure_threads, DEFAULT_SPIN_LIMIT};
 pub use tokens::{gather_tokens, scatter_tokens};
