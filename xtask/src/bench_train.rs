@@ -87,7 +87,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let ours = measure(&args, &cfg, &dev, dtype)?;
     let rss = peak_rss_kib();
     let torch = if args.torch {
-        run_torch(&args, &cfg, threads)?
+        // A failing reference run is reported, not fatal: our numbers are still worth printing.
+        run_torch(&args, &cfg, threads).unwrap_or_else(|e| {
+            println!("--torch: the PyTorch reference did not give a result: {e:#}");
+            None
+        })
     } else {
         None
     };
@@ -189,7 +193,12 @@ fn measure(args: &TrainArgs, cfg: &ModelConfig, dev: &Device, dtype: DType) -> R
             vars: model
                 .named_params()
                 .iter()
-                .map(|p| Ok((p.var.clone(), Var::from_tensor(&p.var.to_dtype(DType::F32)?)?)))
+                .map(|p| {
+                    Ok((
+                        p.var.clone(),
+                        Var::from_tensor(&p.var.to_dtype(DType::F32)?)?,
+                    ))
+                })
                 .collect::<Result<_>>()?,
         })
     };
@@ -205,7 +214,11 @@ fn measure(args: &TrainArgs, cfg: &ModelConfig, dev: &Device, dtype: DType) -> R
     let mut opt = AdamW::new(params, AdamWConfig::default())?;
     // A few distinct batches, cycled, so data loading stays out of the timing.
     let batches = (0..4)
-        .map(|i| images(cfg, args.batch, i, dev)?.to_dtype(dtype).map_err(Into::into))
+        .map(|i| {
+            images(cfg, args.batch, i, dev)?
+                .to_dtype(dtype)
+                .map_err(Into::into)
+        })
         .collect::<Result<Vec<_>>>()?;
 
     let mut step_ms = Vec::with_capacity(args.steps);
@@ -328,7 +341,11 @@ pub fn flops_per_image(cfg: &ModelConfig, mask_ratio: f64) -> f64 {
         }
     };
     fwd += d.depth as f64 * block;
-    let lout = if d.kind == DecoderKind::Joint { l + 1.0 } else { masked };
+    let lout = if d.kind == DecoderKind::Joint {
+        l + 1.0
+    } else {
+        masked
+    };
     fwd += 2.0 * masked * p * dd + 2.0 * lout * dd * p; // patch_embed of x_t, pred
     if d.time_conditioning {
         fwd += 2.0 * (d.time_embed_dim as f64 * dd + dd * dd);
@@ -382,8 +399,11 @@ fn find_python(args: &TrainArgs) -> Option<PathBuf> {
 fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Option<TorchResult>> {
     let script = match &args.torch_script {
         Some(p) => p.clone(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/diffmae_torch.py"),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/diffmae_torch.py")
+        }
     };
+    let script = script.canonicalize().unwrap_or(script);
     if !script.is_file() {
         println!(
             "--torch: no reference script at {} (pass --torch-script PATH); skipping PyTorch",
@@ -392,7 +412,10 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
         return Ok(None);
     }
     let Some((preset, img, patch, chans)) = torch_preset(&args.model) else {
-        println!("--torch: the reference has no preset matching {:?}; skipping PyTorch", args.model);
+        println!(
+            "--torch: the reference has no preset matching {:?}; skipping PyTorch",
+            args.model
+        );
         return Ok(None);
     };
     debug_assert_eq!(cfg.patch_size, patch);
@@ -462,7 +485,9 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
     let mut result: Option<TorchResult> = None;
     let mut rss = None;
     for line in stdout.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        // The script prints Python's `NaN` (peak memory on the CPU), which is not JSON.
+        let line = line.replace("NaN", "null");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
         if let Some(k) = v.get("maxrss_kib").and_then(|x| x.as_u64()) {
@@ -481,7 +506,8 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
             });
         }
     }
-    let mut r = result.with_context(|| format!("no train_img_per_s in the reference's output:\n{stdout}"))?;
+    let mut r = result
+        .with_context(|| format!("no train_img_per_s in the reference's output:\n{stdout}"))?;
     r.peak_rss_kib = rss;
     Ok(Some(r))
 }
