@@ -84,10 +84,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     // not pay for first-touch memory.
     let warm = Sampler::new(
         NoiseSchedule::linear(1000)?,
-        SamplerKind::Ddim {
-            steps: 5,
-            eta: 0.0,
-        },
+        SamplerKind::Ddim { steps: 5, eta: 0.0 },
     )?;
     warm.sample(
         &mut model.denoiser(&ctx, &masking),
