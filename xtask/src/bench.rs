@@ -16,6 +16,8 @@ enum BenchCommand {
     Sample(crate::bench_sample::SampleArgs),
     /// Data pipeline throughput (dmae-data).
     Data(crate::bench_data::DataBenchArgs),
+    /// The pre-training step (forward, backward, AdamW), optionally beside the PyTorch reference.
+    Train(crate::bench_train::TrainArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -23,5 +25,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Data(a) => crate::bench_data::run(a),
         BenchCommand::Ops(a) => crate::bench_ops::run(a),
         BenchCommand::Sample(a) => crate::bench_sample::run(a),
+        BenchCommand::Train(a) => crate::bench_train::run(a),
     }
 }

@@ -25,9 +25,14 @@ pub struct SampleArgs {
     /// Device: cpu, cuda or cuda:INDEX.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// CPU threads (rayon, gemm and candle's pool); default all cores.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
+    // Before any tensor op: thread count and candle's pool settings (see dmae_core::configure_threads).
+    dmae_core::configure_threads(args.threads);
     let dev = crate::device(&args.device)?;
     let cfg = ModelConfig::preset(&args.model)?;
     let model = DiffMae::new(cfg.clone(), 0, &dev)?;
@@ -75,6 +80,19 @@ pub fn run(args: SampleArgs) -> Result<()> {
         start.elapsed().as_secs_f64() * 1e3
     );
     println!();
+    // Warm-up of the decoder too (as the reference's 5-step sample), so the first timed run does
+    // not pay for first-touch memory.
+    let warm = Sampler::new(
+        NoiseSchedule::linear(1000)?,
+        SamplerKind::Ddim { steps: 5, eta: 0.0 },
+    )?;
+    warm.sample(
+        &mut model.denoiser(&ctx, &masking),
+        shape,
+        DType::F32,
+        &dev,
+        RngKey::new(2, 0),
+    )?;
     println!("| K/V cache | sampling s (all steps) | ms per step |");
     println!("|---|---:|---:|");
     for cached in [true, false] {

@@ -6,6 +6,7 @@ mod bench;
 mod bench_data;
 mod bench_ops;
 mod bench_sample;
+mod bench_train;
 mod cuda_toolkit;
 mod data;
 mod recipe;

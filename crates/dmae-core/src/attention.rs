@@ -499,6 +499,138 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// Self-attention over a packed projection `qkv (N, L, 3·H·D)` (a fused qkv linear's output, laid
+/// out `(N, L, 3, H, D)`: q, then k, then v), returning `(N, L, H·D)`; differentiable in `qkv`.
+///
+/// The same math as [`attention`] on the three views of `qkv`, but as one graph node with one
+/// packed gradient: taking the views with `narrow` costs, in candle's backward, a zero-padded copy
+/// of each slice's gradient to the full size plus the sums of the three.
+pub fn attention_qkv(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    check_float(OP, "qkv", qkv.dtype(), qkv.device())?;
+    let (n, l, width) = qkv.dims3().map_err(|_| {
+        invalid(
+            OP,
+            format!("qkv must be (N, L, 3·H·D), got {:?}", qkv.shape()),
+        )
+    })?;
+    if heads == 0 || width == 0 || width % (3 * heads) != 0 || n == 0 || l == 0 {
+        return Err(invalid(
+            OP,
+            format!(
+                "qkv {:?} does not split into 3 x {heads} heads",
+                qkv.shape()
+            ),
+        ));
+    }
+    if !scale.is_finite() {
+        return Err(invalid(OP, format!("scale must be finite, got {scale}")));
+    }
+    let d = width / (3 * heads);
+    if !qkv.device().is_cpu() {
+        let p = qkv.reshape((n, l, 3, heads, d))?;
+        let part = |i| p.narrow(2, i, 1)?.squeeze(2);
+        let o = attention(&part(0)?, &part(1)?, &part(2)?, None, scale)?;
+        return Ok(o.reshape((n, l, heads * d))?);
+    }
+    let dims = AttnDims {
+        n,
+        h: heads,
+        lq: l,
+        lk: l,
+        d,
+        dv: d,
+    };
+    Ok(qkv.contiguous()?.apply_op1(PackedSelf { dims, scale })?)
+}
+
+struct PackedSelf {
+    dims: AttnDims,
+    scale: f64,
+}
+
+impl PackedSelf {
+    /// The q, k and v views of a contiguous packed storage starting at `offset`.
+    fn views<'a, T: Real>(&self, data: &'a [T], offset: usize) -> Views<'a, T> {
+        let AttnDims { lq, h, d, .. } = self.dims;
+        let row = 3 * h * d;
+        let at = |part: usize| Strided4 {
+            offset: offset + part * h * d,
+            stride: [lq * row, row, d, 1],
+        };
+        Views {
+            q: (data, at(0)),
+            k: (data, at(1)),
+            v: (data, at(2)),
+            mask: None,
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for PackedSelf {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Real>(
+            op: &PackedSelf,
+            s: &CpuStorage,
+            l: &Layout,
+        ) -> candle_core::Result<CpuStorage> {
+            // Checks the layout covers the whole packed tensor.
+            cpu::slice::<T>(s, l, OP)?;
+            let data = T::cpu_storage_as_slice(s)?;
+            let x = op.views(data, l.start_offset());
+            Ok(T::to_cpu_storage_owned(forward(&x, op.dims, op.scale)))
+        }
+        let AttnDims { n, h, lq, dv, .. } = self.dims;
+        Ok((
+            cpu::dispatch_float!(OP, s, run(self, s, l))?,
+            Shape::from((n, lq, h * dv)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        _out: &Tensor,
+        dout: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let dout = dout.contiguous()?;
+        let (s, l) = qkv.storage_and_layout();
+        let (gs, gl) = dout.storage_and_layout();
+        let grad = match (&*s, &*gs) {
+            (Storage::Cpu(s), Storage::Cpu(gs)) => {
+                fn run<T: Real>(
+                    op: &PackedSelf,
+                    s: &CpuStorage,
+                    l: &Layout,
+                    gs: &CpuStorage,
+                    gl: &Layout,
+                ) -> candle_core::Result<Tensor> {
+                    cpu::slice::<T>(s, l, OP)?;
+                    let data = T::cpu_storage_as_slice(s)?;
+                    let x = op.views(data, l.start_offset());
+                    let dout = cpu::slice::<T>(gs, gl, OP)?;
+                    let [dq, dk, dv] = backward(&x, dout, op.dims, op.scale);
+                    // Interleave into the packed layout, one token row at a time.
+                    let hd = op.dims.h * op.dims.d;
+                    let mut g = vec![T::zero(); dq.len() * 3];
+                    g.par_chunks_mut(3 * hd).enumerate().for_each(|(r, row)| {
+                        row[..hd].copy_from_slice(&dq[r * hd..(r + 1) * hd]);
+                        row[hd..2 * hd].copy_from_slice(&dk[r * hd..(r + 1) * hd]);
+                        row[2 * hd..].copy_from_slice(&dv[r * hd..(r + 1) * hd]);
+                    });
+                    Ok(cpu::tensor(g, l.shape()))
+                }
+                cpu::dispatch_float!(OP, s, run(self, s, l, gs, gl))?
+            }
+            _ => candle_core::bail!("{OP}: the packed op runs on the CPU only"),
+        };
+        Ok(Some(grad))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +640,28 @@ mod tests {
     fn attn(t: &[Tensor], mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let d = t[0].dim(3)?;
         attention(&t[0], &t[1], &t[2], mask, 1.0 / (d as f64).sqrt()).map_err(Into::into)
+    }
+
+    #[test]
+    fn packed_qkv_matches_the_three_views() {
+        let split = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
+            let (n, l, w) = t.dims3()?;
+            let d = w / (3 * heads);
+            let p = t.reshape((n, l, 3, heads, d))?;
+            let part = |i| p.narrow(2, i, 1)?.squeeze(2);
+            attention(&part(0)?, &part(1)?, &part(2)?, None, 0.4)?.reshape((n, l, heads * d))
+        };
+        assert_grads(
+            |t| attention_qkv(&t[0], 2, 0.4).map_err(Into::into),
+            &[randn(&[2, 5, 18], 21)],
+        );
+        assert_matches_reference(
+            |t| attention_qkv(&t[0], 3, 0.4).map_err(Into::into),
+            move |t| split(&t[0], 3),
+            &[randn(&[4, 13, 3 * 192], 22)],
+            1e-4,
+        );
+        assert!(attention_qkv(&randn(&[2, 5, 17], 1), 2, 0.4).is_err());
     }
 
     #[test]

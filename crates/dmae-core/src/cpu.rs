@@ -58,8 +58,11 @@ fn exp_f32(x: f32) -> f32 {
         * r
         + 5e-1;
     let p = p * r * r + r + 1.0;
-    // n is in [-126, 128] after the clamp, so the exponent field cannot overflow.
-    let scale = f32::from_bits(((n as i32).wrapping_add(127) << 23) as u32);
+    // 2^n without a float-to-int cast (Rust's `as i32` saturates and maps NaN to 0, which LLVM
+    // compiles to scalar code per lane, unvectorising the loop): n + 127 is an integer in
+    // [1, 255] after the clamp, so adding 2^23 puts it in the low mantissa bits, and shifting
+    // those into the exponent field gives the same bits as `(n as i32 + 127) << 23`.
+    let scale = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     if x < -87.3 {
         0.0
     } else {
@@ -209,6 +212,52 @@ pub(crate) fn matmul<T: Real>(
     r: Mat,
     alpha: T,
 ) {
+    matmul_with(
+        dst,
+        d,
+        accumulate,
+        lhs,
+        l,
+        rhs,
+        r,
+        alpha,
+        gemm::Parallelism::None,
+    )
+}
+
+/// [`matmul`] on all of rayon's threads, for one large product (gemm splits it into blocks).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_par<T: Real>(
+    dst: &mut [T],
+    d: Mat,
+    accumulate: bool,
+    lhs: &[T],
+    l: Mat,
+    rhs: &[T],
+    r: Mat,
+    alpha: T,
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    matmul_with(dst, d, accumulate, lhs, l, rhs, r, alpha, par)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_with<T: Real>(
+    dst: &mut [T],
+    d: Mat,
+    accumulate: bool,
+    lhs: &[T],
+    l: Mat,
+    rhs: &[T],
+    r: Mat,
+    alpha: T,
+    parallelism: gemm::Parallelism,
+) {
     // Internal invariants (shapes were checked at the op boundary); they guard the unsafe call.
     assert!(
         l.rows == d.rows && r.cols == d.cols && l.cols == r.rows,
@@ -243,7 +292,7 @@ pub(crate) fn matmul<T: Real>(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }

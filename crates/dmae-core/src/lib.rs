@@ -45,18 +45,22 @@ mod error;
 mod gelu;
 pub mod gradcheck;
 mod layer_norm;
+mod linear;
 mod patch;
 pub mod reference;
 mod softmax;
 #[cfg(test)]
 mod testutil;
+mod threads;
 mod tokens;
 
 pub use adamw::{AdamW, AdamWConfig, Param};
-pub use attention::attention;
+pub use attention::{attention, attention_qkv};
 pub use error::{Error, Result};
 pub use gelu::{gelu, Gelu};
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
 pub use softmax::softmax;
+pub use threads::{configure_threads, DEFAULT_SPIN_LIMIT};
 pub use tokens::{gather_tokens, scatter_tokens};

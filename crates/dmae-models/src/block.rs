@@ -36,21 +36,9 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// Applies the map to the last dimension.
+    /// Applies the map to the last dimension (dmae-core's fused linear op).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let d_in = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / d_in.max(1);
-        let x2 = x.reshape((rows, d_in))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = self.weight.dim(0)?;
-        }
-        Ok(y.reshape(out)?)
+        Ok(dmae_core::linear(x, &self.weight, self.bias.as_ref())?)
     }
 }
 
@@ -146,14 +134,11 @@ impl SelfAttention {
 
     /// `(N, L, D) -> (N, L, D)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, l, d) = x.dims3()?;
+        let (_, _, d) = x.dims3()?;
         let h = self.heads;
-        let qkv = self.qkv.forward(x)?.reshape((n, l, 3, h, d / h))?;
-        let q = qkv.narrow(2, 0, 1)?.squeeze(2)?;
-        let k = qkv.narrow(2, 1, 1)?.squeeze(2)?;
-        let v = qkv.narrow(2, 2, 1)?.squeeze(2)?;
-        let o = dmae_core::attention(&q, &k, &v, None, 1.0 / ((d / h) as f64).sqrt())?;
-        self.proj.forward(&o.reshape((n, l, d))?)
+        // One op over the packed projection: no per-slice views, one packed gradient.
+        let o = dmae_core::attention_qkv(&self.qkv.forward(x)?, h, 1.0 / ((d / h) as f64).sqrt())?;
+        self.proj.forward(&o)
     }
 }
 

@@ -1,0 +1,274 @@
+//! `y = x Wᵀ + b` as one differentiable op.
+//!
+//! Composed from candle ops, a linear layer on `(N, L, D)` is six graph nodes (reshape, transpose,
+//! matmul, broadcast, add, reshape). candle's backward gives every node a zero-filled gradient
+//! buffer and adds into it, so each node costs two passes over its output size, and the transposed
+//! weight gradient is added through a strided (slow) path. On a 2-core CPU at DiffMAE-tiny shapes
+//! that overhead was larger than the matrix products themselves. As one op, the backward is three
+//! products and a column sum, each written once.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{self, Mat, Real};
+use crate::error::{check_float, check_same_dtype, invalid, shape_mismatch, Result};
+
+const OP: &str = "linear";
+
+/// `x Wᵀ + b` over the last dimension of `x (.., in)`, with `weight (out, in)` and `bias (out,)`;
+/// differentiable in all three. Returns `(.., out)`.
+///
+/// On the CPU this is one fused op (matrix products on all of rayon's threads); on other devices it
+/// is composed from candle's matmul and broadcast add.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    check_float(OP, "x", x.dtype(), x.device())?;
+    check_same_dtype(OP, "weight", weight.dtype(), x.dtype())?;
+    let (d_out, d_in) = weight.dims2().map_err(|_| {
+        invalid(
+            OP,
+            format!("weight must be (out, in), got {:?}", weight.shape()),
+        )
+    })?;
+    let dims = x.dims();
+    if dims.last() != Some(&d_in) {
+        return Err(shape_mismatch(
+            OP,
+            "x (.., in) vs weight (out, in)",
+            x.shape(),
+            weight.shape(),
+        ));
+    }
+    if let Some(b) = bias {
+        check_same_dtype(OP, "bias", b.dtype(), x.dtype())?;
+        if b.dims() != [d_out] {
+            return Err(shape_mismatch(
+                OP,
+                "bias (out,) vs weight (out, in)",
+                b.shape(),
+                weight.shape(),
+            ));
+        }
+    }
+    let rows = x.elem_count() / d_in.max(1);
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = d_out;
+    }
+    if !x.device().is_cpu() || rows == 0 || d_in == 0 || d_out == 0 {
+        let mut y = x.reshape((rows, d_in))?.matmul(&weight.t()?)?;
+        if let Some(b) = bias {
+            y = y.broadcast_add(b)?;
+        }
+        return Ok(y.reshape(out_dims)?);
+    }
+    let op = Linear {
+        rows,
+        d_in,
+        d_out,
+        out_shape: Shape::from(out_dims),
+    };
+    // Without a bias, a constant zero bias keeps one op (its gradient is computed and dropped).
+    let b = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(d_out, x.dtype(), x.device())?,
+    };
+    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &b, op)?)
+}
+
+struct Linear {
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    out_shape: Shape,
+}
+
+/// Forward: the bias broadcast into every row, then `+= x Wᵀ`.
+fn forward<T: Real>(op: &Linear, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
+    let mut y = vec![T::zero(); rows * d_out];
+    y.par_chunks_mut(cpu::rows_per_task(d_out) * d_out)
+        .for_each(|c| c.chunks_mut(d_out).for_each(|r| r.copy_from_slice(b)));
+    cpu::matmul_par(
+        &mut y,
+        Mat::rows(0, rows, d_out, d_out),
+        true,
+        x,
+        Mat::rows(0, rows, d_in, d_in),
+        w,
+        Mat::rows(0, d_out, d_in, d_in).t(),
+        T::one(),
+    );
+    y
+}
+
+cpu::multiversion! {
+    /// `acc += sum of the rows of dy` (rows of `d` elements).
+    fn column_sums<T: Real>(dy: &[T], d: usize, acc: &mut [T]) {
+        for r in dy.chunks_exact(d) {
+            for j in 0..d {
+                acc[j] += r[j];
+            }
+        }
+    }
+}
+
+/// Backward: `dx = dy W`, `dW = dyᵀ x`, `db = Σ_rows dy`.
+fn backward<T: Real>(op: &Linear, x: &[T], w: &[T], dy: &[T]) -> [Vec<T>; 3] {
+    let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
+    let dym = Mat::rows(0, rows, d_out, d_out);
+    let xm = Mat::rows(0, rows, d_in, d_in);
+    let mut dx = vec![T::zero(); rows * d_in];
+    cpu::matmul_par(
+        &mut dx,
+        xm,
+        false,
+        dy,
+        dym,
+        w,
+        Mat::rows(0, d_out, d_in, d_in),
+        T::one(),
+    );
+    let mut dw = vec![T::zero(); d_out * d_in];
+    cpu::matmul_par(
+        &mut dw,
+        Mat::rows(0, d_out, d_in, d_in),
+        false,
+        dy,
+        dym.t(),
+        x,
+        xm,
+        T::one(),
+    );
+    let db = dy
+        .par_chunks(cpu::rows_per_task(d_out) * d_out)
+        .fold(
+            || vec![T::zero(); d_out],
+            |mut acc, c| {
+                column_sums(c, d_out, &mut acc);
+                acc
+            },
+        )
+        .reduce(
+            || vec![T::zero(); d_out],
+            |mut a, b| {
+                cpu::axpy(T::one(), &b, &mut a);
+                a
+            },
+        );
+    [dx, dw, db]
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Real>(
+            op: &Linear,
+            x: (&CpuStorage, &Layout),
+            w: (&CpuStorage, &Layout),
+            b: (&CpuStorage, &Layout),
+        ) -> candle_core::Result<CpuStorage> {
+            let x = cpu::slice::<T>(x.0, x.1, OP)?;
+            let w = cpu::slice::<T>(w.0, w.1, OP)?;
+            let b = cpu::slice::<T>(b.0, b.1, OP)?;
+            Ok(T::to_cpu_storage_owned(forward(op, x, w, b)))
+        }
+        let y = cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (bs, bl)))?;
+        Ok((y, self.out_shape.clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = dy.storage_and_layout();
+        let [dx, dw, db] = match (&*xs, &*ws, &*gs) {
+            (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) => {
+                fn run<T: Real>(
+                    op: &Linear,
+                    x: (&CpuStorage, &Layout),
+                    w: (&CpuStorage, &Layout),
+                    g: (&CpuStorage, &Layout),
+                ) -> candle_core::Result<[Tensor; 3]> {
+                    let xv = cpu::slice::<T>(x.0, x.1, OP)?;
+                    let wv = cpu::slice::<T>(w.0, w.1, OP)?;
+                    let gv = cpu::slice::<T>(g.0, g.1, OP)?;
+                    let [dx, dw, db] = backward(op, xv, wv, gv);
+                    Ok([
+                        cpu::tensor(dx, x.1.shape()),
+                        cpu::tensor(dw, w.1.shape()),
+                        cpu::tensor(db, op.d_out),
+                    ])
+                }
+                cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl)))?
+            }
+            _ => candle_core::bail!("{OP}: the fused op runs on the CPU only"),
+        };
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let f = |t: &[Tensor]| linear(&t[0], &t[1], Some(&t[2])).map_err(Into::into);
+        assert_grads(
+            f,
+            &[randn(&[2, 3, 5], 1), randn(&[4, 5], 2), randn(&[4], 3)],
+        );
+        let g = |t: &[Tensor]| linear(&t[0], &t[1], None).map_err(Into::into);
+        assert_grads(g, &[randn(&[7, 6], 4), randn(&[3, 6], 5)]);
+        // A strided input (copied once) and a transposed weight view.
+        let h = |t: &[Tensor]| linear(&t[0].t()?, &t[1].t()?, Some(&t[2])).map_err(Into::into);
+        assert_grads(h, &[randn(&[5, 6], 6), randn(&[5, 3], 7), randn(&[3], 8)]);
+    }
+
+    #[test]
+    fn matches_candle_matmul() {
+        // Large enough for gemm to split the products over threads.
+        assert_matches_reference(
+            |t| linear(&t[0], &t[1], Some(&t[2])).map_err(Into::into),
+            |t| {
+                let (n, l, d) = t[0].dims3()?;
+                t[0].reshape((n * l, d))?
+                    .matmul(&t[1].t()?)?
+                    .broadcast_add(&t[2])?
+                    .reshape((n, l, t[1].dim(0)?))
+            },
+            &[
+                randn(&[16, 37, 128], 9),
+                randn(&[384, 128], 10),
+                randn(&[384], 11),
+            ],
+            1e-3,
+        );
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes() {
+        let x = randn(&[2, 5], 1);
+        assert!(linear(&x, &randn(&[3, 4], 2), None).is_err());
+        assert!(linear(&x, &randn(&[3, 5], 2), Some(&randn(&[4], 3))).is_err());
+    }
+}
