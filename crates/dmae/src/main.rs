@@ -58,13 +58,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // candle's CPU thread pool spins 25,000 pause instructions per worker before sleeping, after
-    // every op. On a small machine shared with rayon (our kernels, the data loader) the spinning
-    // workers steal the cores the other pool needs: measured 1.5-8x slower small ops. 200 keeps
-    // the hand-off fast without the fight. Set before candle creates its pool (first op).
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
-    }
+    // candle's CPU pool settings (element-wise ops on the calling thread, a short barrier spin)
+    // and the allocator must be set before the first tensor op: see dmae_core::threads.
+    // `--threads N` sizes rayon later, still before any op.
+    dmae_core::configure_threads(None);
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -382,11 +382,10 @@ impl TrainSettings {
 /// Called before any tensor work.
 pub fn set_threads(threads: Option<u64>) -> Result<()> {
     if let Some(n) = threads {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n as usize)
-            .build_global()
-            .context("--threads: cannot configure the thread pool")?;
+        let got = dmae_core::configure_threads(Some(n as usize));
+        if got != n as usize {
+            bail!("--threads {n}: the thread pool was already running with {got} threads");
+        }
     }
     Ok(())
 }
