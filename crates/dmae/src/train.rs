@@ -29,8 +29,8 @@ use crate::schedule::{self, PendingLosses};
 use crate::settings::{self, ConfigFile};
 
 /// Default optimiser steps of `dmae train` with no arguments. The mnist preset (6.5M
-/// parameters) at batch 64 costs about 2 CPU-seconds per step (measured, README "dmae train"),
-/// so 240 steps take about 4 minutes on 2 idle cores; the loss is near its plateau by then.
+/// parameters) at batch 64 takes about 0.66 s per step on 2 idle cores (measured, README
+/// "dmae train"), so 240 steps take about 3 minutes; the loss is near its plateau by then.
 pub const DEFAULT_STEPS: u64 = 240;
 
 /// Validation inputs in each `samples/` grid.
@@ -89,7 +89,7 @@ pub struct Args {
     /// Plain MAE: mask tokens instead of noisy patches, no time conditioning.
     #[arg(long)]
     pub mae: bool,
-    /// Optimiser steps (default 240: about 4 minutes for the mnist preset on 2 idle CPU cores).
+    /// Optimiser steps (default 240: about 3 minutes for the mnist preset on 2 idle CPU cores).
     #[arg(long, value_name = "N", conflicts_with = "epochs", value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
     /// Passes over the training data instead of --steps.
