@@ -346,8 +346,11 @@ fn columns(table: &Table) -> Vec<String> {
 fn aggregate(values: &[f64]) -> String {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
+    let integers = values.iter().all(|v| v.fract() == 0.0);
     let prec = |x: f64| {
-        if x.abs() >= 100.0 {
+        if integers && x.fract() == 0.0 {
+            format!("{x:.0}")
+        } else if x.abs() >= 100.0 {
             format!("{x:.1}")
         } else {
             format!("{x:.4}")
@@ -374,14 +377,11 @@ fn summary_markdown(
     }
     let _ = writeln!(
         s,
-        "Produced by `cargo xtask run {}{}` on {} (unix time {}).\n",
+        "Produced by `cargo xtask run {}{}` on {}, {}.\n",
         args.recipe.display(),
         if args.quick { " --quick" } else { "" },
         machine(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        utc_now()
     );
     for (title, table) in tables {
         let cols = columns(table);
@@ -412,6 +412,30 @@ fn summary_markdown(
         "<details><summary>commands</summary>\n\n```\n{log}```\n</details>"
     );
     s
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM UTC` (civil-from-days, no date crate needed).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 fn machine() -> String {
@@ -526,6 +550,8 @@ creates = "{out}/pre-s{seed}/checkpoint.safetensors"
     #[test]
     fn aggregate_reports_mean_and_sample_sd() {
         assert_eq!(aggregate(&[0.5]), "0.5000");
-        assert_eq!(aggregate(&[1.0, 3.0]), "2.0000 ± 1.4142 (n=2)");
+        assert_eq!(aggregate(&[1.0, 3.0]), "2 ± 1.4142 (n=2)");
+        assert_eq!(aggregate(&[0.5, 1.5]), "1.0000 ± 0.7071 (n=2)");
+        assert_eq!(aggregate(&[2000.0]), "2000");
     }
 }

@@ -80,7 +80,7 @@ pub struct Args {
     /// Data SPEC: bundled, mnist:DIR, cifar10:DIR, folder:DIR, frames:DIR, moving-mnist[:opts].
     #[arg(long, value_name = "SPEC")]
     pub data: Option<String>,
-    /// Model preset: mnist (default), tiny, small, base, large, huge.
+    /// Model preset: mnist (default), mnist-small, moving-mnist, tiny, small, base, large, huge.
     #[arg(long, value_name = "PRESET")]
     pub model: Option<String>,
     /// Decoder design (paper § 3.2): joint, cross, cross-self.
