@@ -183,11 +183,16 @@ fn jobs(recipe: &Recipe, quick: bool, out: &Path) -> Result<Vec<Job>> {
                 .as_deref()
                 .map(|r| substitute(r, &v, &what))
                 .transpose()?;
+            let table = stage
+                .table
+                .as_deref()
+                .map(|t| substitute(t, &v, &what))
+                .transpose()?;
             jobs.push(Job {
                 name,
                 args,
                 creates,
-                table: stage.table.clone(),
+                table,
                 row,
             });
         }
@@ -519,6 +524,7 @@ name = "pre-s{seed}"
 foreach = { seed = [0, 1] }
 args = ["train", "--steps", "{steps}", "--seed", "{seed}", "--out", "{out}/pre-s{seed}"]
 creates = "{out}/pre-s{seed}/checkpoint.safetensors"
+table = "Runs of {steps} steps"
 "#;
 
     #[test]
@@ -531,6 +537,7 @@ creates = "{out}/pre-s{seed}/checkpoint.safetensors"
             j[1].args,
             ["train", "--steps", "5", "--seed", "1", "--out", "/o/pre-s1"]
         );
+        assert_eq!(j[0].table.as_deref(), Some("Runs of 5 steps"));
         let full = jobs(&r, false, Path::new("/o")).unwrap();
         assert_eq!(full[0].args[2], "100");
     }
