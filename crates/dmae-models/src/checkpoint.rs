@@ -54,13 +54,7 @@ fn io(path: &Path, e: impl ToString) -> Error {
 impl DiffMae {
     /// The checkpoint as safetensors bytes (config in the metadata).
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let meta = metadata(self.config())?;
-        let data: Vec<(&str, Tensor)> = self
-            .named_params()
-            .iter()
-            .map(|p| Ok((p.name.as_str(), p.var.as_tensor().to_dtype(DType::F32)?)))
-            .collect::<Result<_>>()?;
-        Ok(safetensors::serialize(data, Some(meta))?)
+        serialize(self.named_params(), metadata(self.config())?)
     }
 
     /// Writes the checkpoint to `path` atomically ([`write_atomic`]).
@@ -86,17 +80,11 @@ impl DiffMae {
     /// Every parameter must be present with its exact shape and no other tensor may be given.
     pub fn from_tensors(
         config: ModelConfig,
-        mut tensors: HashMap<String, Tensor>,
+        tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
         let model = DiffMae::new(config, 0, device)?;
-        assign(model.named_params(), &mut tensors)?;
-        if let Some((name, t)) = tensors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
-            return Err(Error::UnexpectedTensor {
-                name,
-                shape: t.dims().to_vec(),
-            });
-        }
+        assign_exactly(model.named_params(), tensors)?;
         Ok(model)
     }
 
@@ -180,12 +168,7 @@ impl Classifier {
             pool: self.pool,
         };
         meta.insert(HEAD_KEY.to_string(), serde_json::to_string(&head)?);
-        let data: Vec<(&str, Tensor)> = self
-            .named_params()
-            .iter()
-            .map(|p| Ok((p.name.as_str(), p.var.as_tensor().to_dtype(DType::F32)?)))
-            .collect::<Result<_>>()?;
-        Ok(safetensors::serialize(data, Some(meta))?)
+        serialize(self.named_params(), meta)
     }
 
     /// Writes the classifier to `path` atomically ([`write_atomic`]).
@@ -214,15 +197,9 @@ impl Classifier {
                 )
             })?;
         let head: HeadInfo = serde_json::from_str(head)?;
-        let mut tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
         let c = Classifier::new(config, head.num_classes, head.pool, 0, device)?;
-        assign(c.named_params(), &mut tensors)?;
-        if let Some((name, t)) = tensors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
-            return Err(Error::UnexpectedTensor {
-                name,
-                shape: t.dims().to_vec(),
-            });
-        }
+        assign_exactly(c.named_params(), tensors)?;
         Ok(c)
     }
 }
@@ -252,6 +229,27 @@ pub fn read_config(bytes: &[u8]) -> Result<ModelConfig> {
             )
         })?;
     ModelConfig::from_json(json)
+}
+
+/// Safetensors bytes of `params` (as f32) with `meta`.
+fn serialize(params: &[NamedParam], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let data: Vec<(&str, Tensor)> = params
+        .iter()
+        .map(|p| Ok((p.name.as_str(), p.var.as_tensor().to_dtype(DType::F32)?)))
+        .collect::<Result<_>>()?;
+    Ok(safetensors::serialize(data, Some(meta))?)
+}
+
+/// [`assign`], then rejects any tensor no parameter took (a checkpoint of another model).
+fn assign_exactly(params: &[NamedParam], mut tensors: HashMap<String, Tensor>) -> Result<()> {
+    assign(params, &mut tensors)?;
+    match tensors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
+        Some((name, t)) => Err(Error::UnexpectedTensor {
+            name,
+            shape: t.dims().to_vec(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Sets every parameter from `tensors` (removing the used ones), checking names and shapes.

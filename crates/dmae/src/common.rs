@@ -24,6 +24,48 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// clap value parser: a finite number > 0.
+pub fn positive(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("expected a positive number, got {s:?}")),
+    }
+}
+
+/// clap value parser: a finite number >= 0.
+pub fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("expected a number >= 0, got {s:?}")),
+    }
+}
+
+/// clap value parser: a number in (0, 1).
+pub fn unit_open(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x < 1.0 => Ok(x),
+        _ => Err(format!(
+            "expected a number strictly between 0 and 1, got {s:?}"
+        )),
+    }
+}
+
+/// clap value parser: a number in (0, 1].
+pub fn unit_closed(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("expected a number in (0, 1], got {s:?}")),
+    }
+}
+
+/// clap value parser: a number in [0, 1).
+pub fn unit_half_open(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
+        _ => Err(format!("expected a number in [0, 1), got {s:?}")),
+    }
+}
+
 /// `--device cpu|cuda|cuda:<index>`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     match spec {

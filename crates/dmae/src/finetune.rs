@@ -15,7 +15,9 @@ use dmae_data::{Channels, Dataset, Loader, LoaderConfig, Split};
 use dmae_models::{Classifier, DiffMae, ModelConfig, Pool};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{parse_device, DataSpec, Interrupted};
+use crate::common::{
+    non_negative, parse_device, positive, unit_closed, unit_half_open, DataSpec, Interrupted,
+};
 use crate::run_dir::{self, MetricsLog, MetricsRow, Progress};
 use crate::schedule::{self, PendingLosses};
 use crate::settings;
@@ -81,34 +83,6 @@ pub struct Args {
     /// Read the loss back and log every N steps.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_every: u64,
-}
-
-fn positive(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err(format!("expected a positive number, got {s:?}")),
-    }
-}
-
-fn non_negative(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        _ => Err(format!("expected a number >= 0, got {s:?}")),
-    }
-}
-
-fn unit_closed(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if (0.0..=1.0).contains(&x) && x > 0.0 => Ok(x),
-        _ => Err(format!("expected a number in (0, 1], got {s:?}")),
-    }
-}
-
-fn unit_half_open(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
-        _ => Err(format!("expected a number in [0, 1), got {s:?}")),
-    }
 }
 
 /// The resolved settings, written as the `[finetune]` table of `config.toml`.

@@ -23,7 +23,7 @@ use dmae_diffusion::RngKey;
 use dmae_models::{DecoderKind, DiffMae, ModelConfig, PretrainMask, Pretraining};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{parse_device, DataSpec, Interrupted};
+use crate::common::{non_negative, parse_device, positive, unit_open, DataSpec, Interrupted};
 use crate::run_dir::{self, MetricsLog, MetricsRow, Progress};
 use crate::schedule::{self, PendingLosses};
 use crate::settings::{self, ConfigFile};
@@ -151,29 +151,6 @@ pub struct Args {
     /// --steps, and --resume continues (splits a run across job time limits).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
-}
-
-fn positive(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err(format!("expected a positive number, got {s:?}")),
-    }
-}
-
-fn non_negative(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        _ => Err(format!("expected a number >= 0, got {s:?}")),
-    }
-}
-
-fn unit_open(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x > 0.0 && x < 1.0 => Ok(x),
-        _ => Err(format!(
-            "expected a number strictly between 0 and 1, got {s:?}"
-        )),
-    }
 }
 
 /// The resolved training settings (the `[train]` table of `config.toml`).
