@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use dmae_data::{
     bundled_mnist, Channels, Cifar, CifarKind, Dataset, FrameFolder, FrameFolderOptions,
-    FrameSampling, ImageFolder, Mnist, MovingMnist, MovingMnistConfig, Split,
+    FrameSampling, ImageFolder, Loader, LoaderConfig, Mnist, MovingMnist, MovingMnistConfig, Split,
 };
 
 /// A run stopped by Ctrl-C after saving its state: `main` prints the message (not as an
@@ -23,6 +23,36 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+/// The shuffled training loader of `train` and `finetune` and its batches per epoch. Full
+/// batches only: every step sees the same number of images and the number of batches per epoch
+/// is fixed, so a step's data is a function of its index (what makes `--resume` exact).
+pub fn train_loader(
+    dataset: Arc<dyn Dataset>,
+    batch_size: u64,
+    seed: u64,
+) -> Result<(Loader, u64)> {
+    let loader = Loader::from_arc(
+        dataset,
+        LoaderConfig {
+            batch_size: batch_size as usize,
+            shuffle: true,
+            drop_last: true,
+            seed,
+            num_threads: 1,
+            prefetch: 2,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let bpe = loader.batches_per_epoch() as u64;
+    if bpe == 0 {
+        bail!(
+            "--batch-size {batch_size}: larger than the training set ({} samples)",
+            loader.dataset().len()
+        );
+    }
+    Ok((loader, bpe))
+}
 
 /// clap value parser: a finite number > 0.
 pub fn positive(s: &str) -> std::result::Result<f64, String> {

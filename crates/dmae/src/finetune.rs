@@ -16,7 +16,8 @@ use dmae_models::{Classifier, DiffMae, ModelConfig, Pool};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    non_negative, parse_device, positive, unit_closed, unit_half_open, DataSpec, Interrupted,
+    non_negative, parse_device, positive, train_loader, unit_closed, unit_half_open, DataSpec,
+    Interrupted,
 };
 use crate::run_dir::{self, MetricsLog, MetricsRow, Progress};
 use crate::schedule::{self, PendingLosses};
@@ -227,18 +228,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     drop(pretrained);
 
-    let loader = Loader::from_arc(
-        train_set,
-        LoaderConfig {
-            batch_size: args.batch_size as usize,
-            shuffle: true,
-            drop_last: true,
-            seed: args.seed,
-            num_threads: 1,
-            prefetch: 2,
-            ..LoaderConfig::default()
-        },
-    )?;
+    let (loader, bpe) = train_loader(train_set, args.batch_size, args.seed)?;
     let val_loader = Loader::from_arc(
         val_set,
         LoaderConfig {
@@ -250,14 +240,6 @@ pub fn run(args: Args) -> Result<()> {
             ..LoaderConfig::default()
         },
     )?;
-    let bpe = loader.batches_per_epoch() as u64;
-    if bpe == 0 {
-        bail!(
-            "--batch-size {}: larger than the training set ({} samples)",
-            args.batch_size,
-            loader.dataset().len()
-        );
-    }
     let total = match (args.steps, args.epochs) {
         (Some(n), _) => n,
         (None, Some(e)) => e * bpe,

@@ -53,26 +53,32 @@ pub fn load_image(
     } else {
         img.resize_to_fill(w, h, FilterType::CatmullRom)
     };
-    let data: Vec<f32> = match channels {
-        1 => img
-            .to_luma8()
-            .as_raw()
-            .iter()
-            .map(|&v| f32::from(v) / 255.0)
-            .collect(),
+    let Some(data) = planes(&img, channels) else {
+        bail!(
+            "{}: the checkpoint expects {channels} channels; only 1 (grey) or 3 (RGB) can be read from image files",
+            path.display()
+        )
+    };
+    Ok(Tensor::from_vec(data, (channels, height, width), device)?)
+}
+
+/// The pixels of `img` as `channels` planes in [0, 1] (1: Rec. 709 luma, 3: R, G, B), or
+/// `None` for another channel count.
+fn planes(img: &DynamicImage, channels: usize) -> Option<Vec<f32>> {
+    let unit = |v: &u8| f32::from(*v) / 255.0;
+    match channels {
+        1 => Some(img.to_luma8().as_raw().iter().map(unit).collect()),
         3 => {
             let rgb = img.to_rgb8();
             let raw = rgb.as_raw();
-            (0..3)
-                .flat_map(|c| raw.iter().skip(c).step_by(3).map(|&v| f32::from(v) / 255.0))
-                .collect()
+            Some(
+                (0..3)
+                    .flat_map(|c| raw.iter().skip(c).step_by(3).map(unit))
+                    .collect(),
+            )
         }
-        c => bail!(
-            "{}: the checkpoint expects {c} channels; only 1 (grey) or 3 (RGB) can be read from image files",
-            path.display()
-        ),
-    };
-    Ok(Tensor::from_vec(data, (channels, height, width), device)?)
+        _ => None,
+    }
 }
 
 /// Fits one `(C, H, W)` image in [0, 1] (C = 1 or 3) to `channels x height x width` the way
@@ -89,21 +95,8 @@ pub fn fit_image(image: &Tensor, channels: usize, height: usize, width: usize) -
     } else {
         img.resize_to_fill(width as u32, height as u32, FilterType::CatmullRom)
     };
-    let data: Vec<f32> = match channels {
-        1 => img
-            .to_luma8()
-            .as_raw()
-            .iter()
-            .map(|&v| f32::from(v) / 255.0)
-            .collect(),
-        3 => {
-            let rgb = img.to_rgb8();
-            let raw = rgb.as_raw();
-            (0..3)
-                .flat_map(|c| raw.iter().skip(c).step_by(3).map(|&v| f32::from(v) / 255.0))
-                .collect()
-        }
-        c => bail!("cannot convert images to {c} channels (1 or 3)"),
+    let Some(data) = planes(&img, channels) else {
+        bail!("cannot convert images to {channels} channels (1 or 3)")
     };
     Ok(Tensor::from_vec(
         data,

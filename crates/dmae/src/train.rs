@@ -18,12 +18,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
 use dmae_core::{AdamW, AdamWConfig};
-use dmae_data::{Batch, Channels, Epoch, Loader, LoaderConfig, Split};
+use dmae_data::{Batch, Channels, Epoch, Loader, Split};
 use dmae_diffusion::RngKey;
 use dmae_models::{DecoderKind, DiffMae, ModelConfig, PretrainMask, Pretraining};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{non_negative, parse_device, positive, unit_open, DataSpec, Interrupted};
+use crate::common::{
+    non_negative, parse_device, positive, train_loader, unit_open, DataSpec, Interrupted,
+};
 use crate::run_dir::{self, MetricsLog, MetricsRow, Progress};
 use crate::schedule::{self, PendingLosses};
 use crate::settings::{self, ConfigFile};
@@ -611,28 +613,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    let loader = Loader::from_arc(
-        dataset,
-        LoaderConfig {
-            batch_size: s.batch_size as usize,
-            shuffle: true,
-            // Full batches only: every step sees the same number of images and the number of
-            // batches per epoch is fixed, so a step's data is a function of its index.
-            drop_last: true,
-            seed: s.seed,
-            num_threads: 1,
-            prefetch: 2,
-            ..LoaderConfig::default()
-        },
-    )?;
-    let bpe = loader.batches_per_epoch() as u64;
-    if bpe == 0 {
-        bail!(
-            "--batch-size {}: larger than the training set ({} samples)",
-            s.batch_size,
-            loader.dataset().len()
-        );
-    }
+    let (loader, bpe) = train_loader(dataset, s.batch_size, s.seed)?;
     let accum = s.accum_steps;
     let total = match (s.steps, s.epochs) {
         (Some(n), _) => n,
