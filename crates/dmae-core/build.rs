@@ -26,7 +26,11 @@ fn main() {
     for v in ENV_VARS {
         println!("cargo:rerun-if-env-changed={v}");
     }
-    let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    // Read at run time, not `env!`: cargo may reuse a build-script binary compiled for the same
+    // package at another path (a second checkout sharing the target dir), whose baked-in path
+    // would then point at the other checkout.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let kernels = Path::new(&manifest).join("kernels");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = find_nvcc();
     let cap: String = std::env::var("CUDA_COMPUTE_CAP")
