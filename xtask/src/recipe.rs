@@ -56,6 +56,16 @@ pub struct RunArgs {
     /// Also write the tables and figures under `docs/results/<recipe>/`.
     #[arg(long)]
     publish: bool,
+    /// Override a `[vars]` entry (after `--quick`), e.g. `--set pretrain_steps=500`; repeatable.
+    #[arg(long = "set", value_name = "VAR=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_set(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected VAR=VALUE, got {s:?}")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -142,7 +152,7 @@ fn combinations(foreach: &BTreeMap<String, Vec<toml::Value>>) -> Vec<BTreeMap<St
     combos
 }
 
-fn jobs(recipe: &Recipe, quick: bool, out: &Path) -> Result<Vec<Job>> {
+fn jobs(recipe: &Recipe, quick: bool, set: &[(String, String)], out: &Path) -> Result<Vec<Job>> {
     let mut vars: BTreeMap<String, String> = recipe
         .vars
         .iter()
@@ -155,6 +165,12 @@ fn jobs(recipe: &Recipe, quick: bool, out: &Path) -> Result<Vec<Job>> {
             }
             vars.insert(k.clone(), value_str(v));
         }
+    }
+    for (k, v) in set {
+        if !recipe.vars.contains_key(k) {
+            bail!("--set {k}={v}: the recipe has no variable {k:?} in [vars]");
+        }
+        vars.insert(k.clone(), v.clone());
     }
     vars.insert("out".into(), out.display().to_string());
     let mut jobs = Vec::new();
@@ -243,7 +259,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/recipes").join(&label));
-    let jobs = jobs(&recipe, args.quick, &out)?;
+    let jobs = jobs(&recipe, args.quick, &args.set, &out)?;
     if args.dry_run {
         for j in &jobs {
             println!("[{}] dmae {}", j.name, j.args.join(" "));
@@ -382,9 +398,13 @@ fn summary_markdown(
     }
     let _ = writeln!(
         s,
-        "Produced by `cargo xtask run {}{}` on {}, {}.\n",
+        "Produced by `cargo xtask run {}{}{}` on {}, {}.\n",
         args.recipe.display(),
         if args.quick { " --quick" } else { "" },
+        args.set
+            .iter()
+            .map(|(k, v)| format!(" --set {k}={v}"))
+            .collect::<String>(),
         machine(),
         utc_now()
     );
@@ -523,7 +543,7 @@ table = "Runs of {steps} steps"
     #[test]
     fn stages_expand_over_foreach_and_quick_overrides_vars() {
         let r: Recipe = toml::from_str(RECIPE).unwrap();
-        let j = jobs(&r, true, Path::new("/o")).unwrap();
+        let j = jobs(&r, true, &[], Path::new("/o")).unwrap();
         assert_eq!(j.len(), 2);
         assert_eq!(j[1].name, "pre-s1");
         assert_eq!(
@@ -531,19 +551,38 @@ table = "Runs of {steps} steps"
             ["train", "--steps", "5", "--seed", "1", "--out", "/o/pre-s1"]
         );
         assert_eq!(j[0].table.as_deref(), Some("Runs of 5 steps"));
-        let full = jobs(&r, false, Path::new("/o")).unwrap();
+        let full = jobs(&r, false, &[], Path::new("/o")).unwrap();
         assert_eq!(full[0].args[2], "100");
+        // --set wins over [quick]; it may only name variables of [vars].
+        let set = [("steps".to_string(), "7".to_string())];
+        assert_eq!(
+            jobs(&r, true, &set, Path::new("/o")).unwrap()[0].args[2],
+            "7"
+        );
+        let typo = [("stpes".to_string(), "7".to_string())];
+        let e = jobs(&r, true, &typo, Path::new("/o"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("stpes"), "{e}");
+        assert!(parse_set("steps").is_err() && parse_set("=3").is_err());
     }
 
     #[test]
     fn unknown_variables_and_duplicate_names_are_errors() {
         let bad = RECIPE.replace("{steps}", "{stpes}");
         let r: Recipe = toml::from_str(&bad).unwrap();
-        let e = jobs(&r, false, Path::new("/o")).err().unwrap().to_string();
+        let e = jobs(&r, false, &[], Path::new("/o"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("{stpes}"), "{e}");
         let dup = RECIPE.replace("pre-s{seed}\"\nforeach", "pre\"\nforeach");
         let r: Recipe = toml::from_str(&dup).unwrap();
-        let e = jobs(&r, false, Path::new("/o")).err().unwrap().to_string();
+        let e = jobs(&r, false, &[], Path::new("/o"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("two stages"), "{e}");
     }
 

@@ -798,7 +798,10 @@ pub fn run(args: Args) -> Result<()> {
         }
         progress.set_step(step);
 
-        let stop = interrupted.load(Ordering::SeqCst) || step == stop_at;
+        // Read the flag once per step: a second read could see a Ctrl-C that arrived after the
+        // save decision and leave without the checkpoint the message promises.
+        let interrupt = interrupted.load(Ordering::SeqCst);
+        let stop = interrupt || step == stop_at;
         if step % s.log_every == 0 || step == total || stop {
             if let Some(at) = pending.sync()? {
                 progress.finish();
@@ -852,7 +855,7 @@ pub fn run(args: Args) -> Result<()> {
             let path = dir.join("samples").join(format!("step_{step:06}.png"));
             write_samples(&model, &pre, &preview, s.seed, &path)?;
         }
-        if interrupted.load(Ordering::SeqCst) && step < total {
+        if interrupt && step < total {
             progress.finish();
             return Err(Interrupted(format!(
                 "interrupted at step {step}/{total}; checkpoint saved to {}; continue with: dmae train --resume --out {}",
