@@ -8,6 +8,7 @@ mod bench_ops;
 mod bench_sample;
 mod bench_train;
 mod cuda_toolkit;
+mod curves;
 mod data;
 mod recipe;
 

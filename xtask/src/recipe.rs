@@ -24,7 +24,9 @@
 //! `{out}` is the run directory (`--out`, default `runs/recipes/<name>[-quick]`). Stages run in
 //! order; a failing stage stops the recipe with its command line and exit status. Re-running a
 //! recipe skips stages whose `creates` file exists and reuses saved JSON, so an interrupted
-//! recipe resumes where it stopped.
+//! recipe resumes where it stopped. `--set VAR=VALUE` overrides a variable (after `[quick]`);
+//! `--publish` copies the summary and figures to `docs/results/<label>/` and refreshes the
+//! recipe's block in `docs/results.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -81,6 +83,8 @@ struct Recipe {
     quick: BTreeMap<String, toml::Value>,
     #[serde(default)]
     stage: Vec<Stage>,
+    #[serde(default)]
+    curve: Vec<crate::curves::Curve>,
 }
 
 #[derive(Deserialize)]
@@ -152,7 +156,13 @@ fn combinations(foreach: &BTreeMap<String, Vec<toml::Value>>) -> Vec<BTreeMap<St
     combos
 }
 
-fn jobs(recipe: &Recipe, quick: bool, set: &[(String, String)], out: &Path) -> Result<Vec<Job>> {
+/// The recipe's variables: `[vars]`, then `[quick]` (with `--quick`), then `--set`, and `out`.
+fn variables(
+    recipe: &Recipe,
+    quick: bool,
+    set: &[(String, String)],
+    out: &Path,
+) -> Result<BTreeMap<String, String>> {
     let mut vars: BTreeMap<String, String> = recipe
         .vars
         .iter()
@@ -173,6 +183,11 @@ fn jobs(recipe: &Recipe, quick: bool, set: &[(String, String)], out: &Path) -> R
         vars.insert(k.clone(), v.clone());
     }
     vars.insert("out".into(), out.display().to_string());
+    Ok(vars)
+}
+
+fn jobs(recipe: &Recipe, quick: bool, set: &[(String, String)], out: &Path) -> Result<Vec<Job>> {
+    let vars = variables(recipe, quick, set, out)?;
     let mut jobs = Vec::new();
     let mut names = std::collections::HashSet::new();
     for stage in &recipe.stage {
@@ -334,7 +349,21 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .push(obj);
         }
     }
-    let summary = summary_markdown(&recipe, &label, &args, &tables, &log);
+    let vars = variables(&recipe, args.quick, &args.set, &out)?;
+    let mut curves = String::new();
+    for c in &recipe.curve {
+        let what = format!("curve {:?}", c.title);
+        let mut groups = Vec::new();
+        for r in &c.runs {
+            groups.push((
+                r.label.clone(),
+                glob_simple(&substitute(&r.dirs, &vars, &what)?)?,
+            ));
+        }
+        let png = out.join("figures/curves").join(format!("{}.png", c.file));
+        curves.push_str(&crate::curves::render(c, &groups, &png)?);
+    }
+    let summary = summary_markdown(&recipe, &label, &args, &tables, &curves, &log);
     std::fs::write(out.join("summary.md"), &summary)?;
     std::fs::write(out.join("commands.txt"), &log)?;
     println!(
@@ -364,7 +393,7 @@ fn columns(table: &Table) -> Vec<String> {
 }
 
 /// `mean ± sd (n)` of `values` (sample standard deviation; just the value for one run).
-fn aggregate(values: &[f64]) -> String {
+pub(crate) fn aggregate(values: &[f64]) -> String {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let integers = values.iter().all(|v| v.fract() == 0.0);
@@ -389,6 +418,7 @@ fn summary_markdown(
     label: &str,
     args: &RunArgs,
     tables: &BTreeMap<String, Table>,
+    curves: &str,
     log: &str,
 ) -> String {
     let mut s = String::new();
@@ -432,6 +462,7 @@ fn summary_markdown(
         }
         s.push('\n');
     }
+    s.push_str(curves);
     let _ = writeln!(
         s,
         "<details><summary>commands</summary>\n\n```\n{log}```\n</details>"
@@ -473,21 +504,70 @@ fn machine() -> String {
 }
 
 /// Copies the summary and the recipe's figures to `docs/results/<label>/`.
+/// Copies the summary and figures to `docs/results/<label>/` and refreshes the recipe's block in
+/// `docs/results.md` (between `<!-- recipe:LABEL -->` and `<!-- /recipe:LABEL -->`), so the
+/// numbers there are always the ones this run produced. Figures are named `<folder>-<file>`:
+/// runs keep one folder per model and the same file names in each.
 fn publish(recipe: &Recipe, label: &str, out: &Path, summary: &str) -> Result<()> {
-    let dir = workspace_root().join("docs/results").join(label);
+    let root = workspace_root();
+    let dir = root.join("docs/results").join(label);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("summary.md"), summary)?;
+    // The run directory is machine-specific; the published commands name it `$OUT`.
+    let summary = summary.replace(&out.display().to_string(), "$OUT");
+    std::fs::write(dir.join("summary.md"), &summary)?;
     let vars = BTreeMap::from([("out".to_string(), out.display().to_string())]);
-    for pattern in &recipe.figures {
+    let mut copied = 0;
+    let curves = format!("{}/figures/curves/*.png", out.display());
+    let curves = (!recipe.curve.is_empty()).then_some(&curves);
+    for pattern in recipe.figures.iter().chain(curves) {
         let pattern = substitute(pattern, &vars, "figures")?;
         for path in glob_simple(&pattern)? {
             let name = path.file_name().context("figure without a file name")?;
-            std::fs::copy(&path, dir.join(name))
-                .with_context(|| format!("copying {}", path.display()))?;
+            let folder = path
+                .parent()
+                .and_then(Path::file_name)
+                .map(|f| format!("{}-", f.to_string_lossy()))
+                .unwrap_or_default();
+            let to = dir.join(format!("{folder}{}", name.to_string_lossy()));
+            std::fs::copy(&path, &to).with_context(|| format!("copying {}", path.display()))?;
+            copied += 1;
         }
     }
-    println!("published to {}", dir.display());
+    println!("published to {} ({copied} figures)", dir.display());
+    let results = root.join("docs/results.md");
+    if let Ok(text) = std::fs::read_to_string(&results) {
+        match splice(&text, label, &summary) {
+            Some(new) => {
+                std::fs::write(&results, new)?;
+                println!("updated the {label} block of {}", results.display());
+            }
+            None => println!(
+                "{} has no <!-- recipe:{label} --> block; left as it is",
+                results.display()
+            ),
+        }
+    }
     Ok(())
+}
+
+/// `text` with the lines between `<!-- recipe:LABEL -->` and `<!-- /recipe:LABEL -->` replaced
+/// by `summary` (its headings one level deeper); `None` without both markers.
+fn splice(text: &str, label: &str, summary: &str) -> Option<String> {
+    let open = format!("<!-- recipe:{label} -->");
+    let close = format!("<!-- /recipe:{label} -->");
+    let start = text.find(&open)? + open.len();
+    let end = start + text[start..].find(&close)?;
+    let body: String = summary
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("#{l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    Some(format!("{}\n{body}{}", &text[..start], &text[end..]))
 }
 
 /// `DIR/prefix*suffix` patterns (one `*` in the file name), enough for figure lists.
@@ -584,6 +664,18 @@ table = "Runs of {steps} steps"
             .unwrap()
             .to_string();
         assert!(e.contains("two stages"), "{e}");
+    }
+
+    #[test]
+    fn splice_replaces_only_the_recipe_block() {
+        let doc = "intro\n<!-- recipe:a -->\nold\n<!-- /recipe:a -->\nprose\n";
+        let new = splice(doc, "a", "## a\n| t |\n").unwrap();
+        assert_eq!(
+            new,
+            "intro\n<!-- recipe:a -->\n### a\n| t |\n<!-- /recipe:a -->\nprose\n"
+        );
+        assert_eq!(splice(&new, "a", "## a\n| t |\n").unwrap(), new);
+        assert!(splice(doc, "b", "x").is_none());
     }
 
     #[test]
