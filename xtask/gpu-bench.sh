@@ -8,7 +8,8 @@
 #   # on the GPU machine, in the repository root:
 #   xtask/gpu-bench.sh target-cuda/release/xtask [path/to/diffmae_torch.py] [dmae-core cuda test binary]
 #
-# Prints the kernel check (every CUDA op against the CPU one) if the test binary is given, then
+# Prints the kernel check (every CUDA op against the CPU one) if the test binary is given, the
+# CUDA-vs-CPU loss check of the first training steps, then
 # training img/s, step time and peak memory for DiffMAE-B (bf16, batch 256) and the MNIST preset,
 # each with the reference's numbers and the ratio ours/PyTorch from the same call, then sampling.
 set -u
@@ -35,6 +36,8 @@ run() {
 if [ -n "$CUDA_TEST" ]; then
   run "$CUDA_TEST" --nocapture --test-threads 1
 fi
+# CUDA and CPU losses of the first 5 f32 training steps from the same weights and batch (1e-4 relative).
+run "$XTASK" check-device --device cuda --model mnist --steps 5
 torch=(--torch --torch-script "$REF" --torch-python "$PY")
 [ -f "$REF" ] || torch=()
 run "$XTASK" bench train --model base --device cuda --dtype bf16 --batch 256 --steps 20 "${torch[@]}"

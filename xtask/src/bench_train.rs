@@ -162,7 +162,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// A batch of training images: bundled MNIST digits for 28-px one-channel presets, else uniform
 /// noise of the preset's shape (the step's cost does not depend on the pixel values).
-fn images(cfg: &ModelConfig, batch: usize, step: usize, dev: &Device) -> Result<Tensor> {
+pub(crate) fn images(cfg: &ModelConfig, batch: usize, step: usize, dev: &Device) -> Result<Tensor> {
     let dims = cfg.input_dims();
     if dims == [1, 28, 28] {
         let mnist = bundled_mnist(Split::Train)?;

@@ -7,6 +7,7 @@ mod bench_data;
 mod bench_ops;
 mod bench_sample;
 mod bench_train;
+mod check_device;
 mod cuda_toolkit;
 mod curves;
 mod data;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Benchmarks that print a table (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Compare the first training steps on a device (CUDA) with the same steps on the CPU.
+    CheckDevice(check_device::CheckDeviceArgs),
     /// Install a CUDA 13.0 toolkit (nvcc + link libraries) from PyPI into a cache dir and print the exports.
     CudaToolkit(cuda_toolkit::CudaToolkitArgs),
     /// Datasets: download official archives and verify their checksums.
@@ -36,6 +39,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(args),
+        Command::CheckDevice(args) => check_device::run(args),
         Command::CudaToolkit(args) => cuda_toolkit::run(args),
         Command::Data(args) => data::run(args),
         Command::Run(args) => recipe::run(args),
