@@ -118,7 +118,7 @@ pub struct Args {
     /// Keep an exponential moving average of the weights with this decay (ema.safetensors).
     #[arg(long, value_name = "DECAY", value_parser = unit_open)]
     pub ema: Option<f64>,
-    /// Fraction of patches masked (default 0.75, MAE's).
+    /// Fraction of patches masked (default: 0.75 for images, MAE's; 0.9 tubes for video).
     #[arg(long, value_name = "R", value_parser = unit_open)]
     pub mask_ratio: Option<f64>,
     /// cpu, cuda or cuda:<index>.
@@ -185,8 +185,8 @@ pub struct TrainSettings {
     pub accum_steps: u64,
     /// EMA decay.
     pub ema: Option<f64>,
-    /// Mask ratio.
-    pub mask_ratio: f64,
+    /// Mask ratio; `None`: the model's default (0.75 for images, 0.9 tubes for video).
+    pub mask_ratio: Option<f64>,
     /// Device.
     pub device: String,
     /// Compute dtype.
@@ -223,7 +223,7 @@ impl Default for TrainSettings {
             clip_grad: None,
             accum_steps: 1,
             ema: None,
-            mask_ratio: 0.75,
+            mask_ratio: None,
             device: "cpu".into(),
             dtype: "f32".into(),
             seed: 0,
@@ -321,11 +321,10 @@ impl TrainSettings {
                 bail!("ema: expected a decay strictly between 0 and 1, got {e}");
             }
         }
-        if !(self.mask_ratio > 0.0 && self.mask_ratio < 1.0) {
-            bail!(
-                "mask-ratio: expected a number strictly between 0 and 1, got {}",
-                self.mask_ratio
-            );
+        if let Some(r) = self.mask_ratio {
+            if !(r > 0.0 && r < 1.0) {
+                bail!("mask-ratio: expected a number strictly between 0 and 1, got {r}");
+            }
         }
         if !matches!(self.dtype.as_str(), "f32" | "bf16") {
             bail!("dtype: expected f32 or bf16, got {:?}", self.dtype);
@@ -654,7 +653,9 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
     let mut pre = Pretraining::for_config(&config)?;
-    pre.mask = PretrainMask::random(&config, s.mask_ratio)?;
+    if let Some(r) = s.mask_ratio {
+        pre.mask = PretrainMask::random(&config, r)?;
+    }
 
     let (dir, start) = match dir {
         Some(dir) => {
@@ -916,7 +917,7 @@ mod tests {
             .to_string();
         assert!(e.contains("y.toml") && e.contains("batch_size"), "{e}");
         let mut bad = TrainSettings {
-            mask_ratio: 1.5,
+            mask_ratio: Some(1.5),
             ..TrainSettings::default()
         };
         assert!(bad
@@ -924,7 +925,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("mask-ratio"));
-        bad.mask_ratio = 0.5;
+        bad.mask_ratio = Some(0.5);
         bad.decoder = Some("sideways".into());
         assert!(bad
             .model_config(&ConfigFile::default())
