@@ -253,7 +253,20 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Results of one table: row label -> the JSON objects of its runs.
-type Table = BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>>;
+/// Rows keep the order of their first stage in the recipe, as do the tables.
+type Table = Vec<(String, Vec<serde_json::Map<String, serde_json::Value>>)>;
+
+/// The value under `key` in an insertion-ordered list, appended when missing.
+fn entry<'a, T: Default>(list: &'a mut Vec<(String, T)>, key: &str) -> &'a mut T {
+    let i = match list.iter().position(|(k, _)| k == key) {
+        Some(i) => i,
+        None => {
+            list.push((key.to_string(), T::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[i].1
+}
 
 pub fn run(args: RunArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.recipe)
@@ -290,7 +303,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("creating {}", results_dir.display()))?;
     println!("recipe {label}: {} stages -> {}", jobs.len(), out.display());
     let start = Instant::now();
-    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
+    let mut tables: Vec<(String, Table)> = Vec::new();
     let mut log = String::new();
     for (i, j) in jobs.iter().enumerate() {
         let json_path = results_dir.join(format!("{}.json", j.name.replace([':', '/'], "_")));
@@ -341,12 +354,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 bail!("{}: expected a JSON object", json_path.display());
             };
             let row = j.row.clone().unwrap_or_else(|| j.name.clone());
-            tables
-                .entry(table.clone())
-                .or_default()
-                .entry(row)
-                .or_default()
-                .push(obj);
+            entry(entry(&mut tables, table), &row).push(obj);
         }
     }
     let vars = variables(&recipe, args.quick, &args.set, &out)?;
@@ -380,7 +388,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// Numeric fields of a table, in first-seen order.
 fn columns(table: &Table) -> Vec<String> {
     let mut cols: Vec<String> = Vec::new();
-    for runs in table.values() {
+    for (_, runs) in table {
         for obj in runs {
             for (k, v) in obj {
                 if v.is_number() && !cols.contains(k) {
@@ -417,7 +425,7 @@ fn summary_markdown(
     recipe: &Recipe,
     label: &str,
     args: &RunArgs,
-    tables: &BTreeMap<String, Table>,
+    tables: &[(String, Table)],
     curves: &str,
     log: &str,
 ) -> String {
