@@ -24,7 +24,8 @@
 //! `{out}` is the run directory (`--out`, default `runs/recipes/<name>[-quick]`). Stages run in
 //! order; a failing stage stops the recipe with its command line and exit status. Re-running a
 //! recipe skips stages whose `creates` file exists and reuses saved JSON, so an interrupted
-//! recipe resumes where it stopped. `--set VAR=VALUE` overrides a variable (after `[quick]`);
+//! recipe resumes where it stopped (a stage caught half-way is moved to `<out>.unfinished-<k>` and
+//! rerun). `--set VAR=VALUE` overrides a variable (after `[quick]`);
 //! `--publish` copies the summary and figures to `docs/results/<label>/` and refreshes the
 //! recipe's block in `docs/results.md`.
 
@@ -318,6 +319,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             println!("[{}/{}] {} (done, skipped)", i + 1, jobs.len(), j.name);
         } else {
             println!("[{}/{}] {}: {cmdline}", i + 1, jobs.len(), j.name);
+            if let Some(aside) = set_aside_unfinished(j)? {
+                println!(
+                    "    an unfinished earlier attempt was moved to {}",
+                    aside.display()
+                );
+            }
             let t0 = Instant::now();
             let mut cmd = Command::new(&dmae);
             cmd.args(&j.args);
@@ -383,6 +390,38 @@ pub fn run(args: RunArgs) -> Result<()> {
         publish(&recipe, &label, &out, &summary)?;
     }
     Ok(())
+}
+
+/// A stage that `creates` a file which is missing, but whose `--out` directory exists with
+/// something in it, was interrupted: `dmae` refuses to write into such a directory, so it is
+/// renamed to `<out>.unfinished-<k>` (kept, never deleted) and the stage starts afresh.
+fn set_aside_unfinished(job: &Job) -> Result<Option<PathBuf>> {
+    let Some(creates) = &job.creates else {
+        return Ok(None);
+    };
+    let Some(out) = job
+        .args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| job.args.get(i + 1))
+        .map(PathBuf::from)
+    else {
+        return Ok(None);
+    };
+    let occupied = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
+    if creates.exists() || !occupied {
+        return Ok(None);
+    }
+    let name = out
+        .file_name()
+        .map_or_else(|| "stage".to_string(), |n| n.to_string_lossy().into_owned());
+    let aside = (1..)
+        .map(|k| out.with_file_name(format!("{name}.unfinished-{k}")))
+        .find(|p| !p.exists())
+        .context("no free name to set an unfinished run aside")?;
+    std::fs::rename(&out, &aside)
+        .with_context(|| format!("moving {} to {}", out.display(), aside.display()))?;
+    Ok(Some(aside))
 }
 
 /// Numeric fields of a table, in first-seen order.
@@ -684,6 +723,34 @@ table = "Runs of {steps} steps"
         );
         assert_eq!(splice(&new, "a", "## a\n| t |\n").unwrap(), new);
         assert!(splice(doc, "b", "x").is_none());
+    }
+
+    #[test]
+    fn an_interrupted_stage_is_set_aside_not_deleted() {
+        let root = std::env::temp_dir().join(format!("dmae-aside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let out = root.join("pre");
+        std::fs::create_dir_all(&out).unwrap();
+        let job = |creates: &Path| Job {
+            name: "pre".into(),
+            args: vec!["train".into(), "--out".into(), out.display().to_string()],
+            creates: Some(creates.to_path_buf()),
+            table: None,
+            row: None,
+        };
+        let ckpt = out.join("checkpoint.safetensors");
+        // Empty directory: nothing to set aside.
+        assert!(set_aside_unfinished(&job(&ckpt)).unwrap().is_none());
+        std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
+        let aside = set_aside_unfinished(&job(&ckpt)).unwrap().unwrap();
+        assert_eq!(aside, root.join("pre.unfinished-1"));
+        assert!(aside.join("metrics.jsonl").is_file() && !out.exists());
+        // A finished stage is left alone.
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(&ckpt, "x").unwrap();
+        assert!(set_aside_unfinished(&job(&ckpt)).unwrap().is_none());
+        assert!(ckpt.is_file());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
