@@ -106,20 +106,16 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
     let out = tmp("mnist");
     let limit = 12;
     let limit_s = limit.to_string();
-    let stdout = run_recipe(
-        "recipes/mnist-evidence.toml",
-        &[
-            ("pretrain_steps", "6"),
-            ("finetune_steps", "4"),
-            ("probe_steps", "3"),
-            ("classifier_steps", "20"),
-            ("decoder_steps", "3"),
-            ("eval_limit", &limit_s),
-            ("ddpm_limit", "2"),
-        ],
-        &out,
-        &dmae,
-    );
+    let budget = [
+        ("pretrain_steps", "6"),
+        ("finetune_steps", "4"),
+        ("probe_steps", "3"),
+        ("classifier_steps", "20"),
+        ("decoder_steps", "3"),
+        ("eval_limit", limit_s.as_str()),
+        ("ddpm_limit", "2"),
+    ];
+    let stdout = run_recipe("recipes/mnist-evidence.toml", &budget, &out, &dmae);
     assert!(stdout.contains("46 stages"), "{stdout}");
 
     // Every table of the evidence is in the summary, filled by the eval stages.
@@ -213,20 +209,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
     );
 
     // A second run resumes: every stage is skipped and the summary is the same tables.
-    let again = run_recipe(
-        "recipes/mnist-evidence.toml",
-        &[
-            ("pretrain_steps", "6"),
-            ("finetune_steps", "4"),
-            ("probe_steps", "3"),
-            ("classifier_steps", "20"),
-            ("decoder_steps", "3"),
-            ("eval_limit", &limit_s),
-            ("ddpm_limit", "2"),
-        ],
-        &out,
-        &dmae,
-    );
+    let again = run_recipe("recipes/mnist-evidence.toml", &budget, &out, &dmae);
     let skipped = again.matches("(done, skipped)").count();
     assert!(skipped >= 44, "only {skipped} stages skipped:\n{again}");
     let _ = std::fs::remove_dir_all(&out);
