@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 
 use crate::common::{parse_device, DataSpec};
 use crate::metrics;
-use crate::sample::{self, MaskSpec, SamplerArg};
+use crate::sample::{self, InpaintArgs};
 
 /// `--task`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -52,18 +52,9 @@ pub struct Args {
     /// What to measure.
     #[arg(long, value_enum)]
     pub task: Task,
-    /// Inpaint: the mask (as `dmae sample --mask`); default center:0.25 (video tube:0.9).
-    #[arg(long)]
-    pub mask: Option<MaskSpec>,
-    /// Inpaint: default ddim (mae for MAE checkpoints).
-    #[arg(long, value_enum)]
-    pub sampler: Option<SamplerArg>,
-    /// Inpaint: DDIM steps.
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// Inpaint: DDIM eta.
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    /// Inpaint: the mask and the sampler, as in `dmae sample`.
+    #[command(flatten)]
+    pub inpaint: InpaintArgs,
     /// Evaluate only the first N validation samples (default: all; inpainting: 256).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -255,11 +246,7 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     let ds = open_val(&args.data.spec, &config)?;
     let n = args.limit.unwrap_or(DEFAULT_INPAINT_LIMIT).min(ds.len());
     ensure!(n > 0, "--limit 0: nothing to evaluate");
-    let mask_spec = args
-        .mask
-        .clone()
-        .unwrap_or_else(|| MaskSpec::default_for(&config));
-    let sampler = sample::build_sampler(&config, args.sampler, args.steps, args.eta)?;
+    let (mask_spec, sampler) = args.inpaint.resolve(&config)?;
     let clf = match &args.feature_classifier {
         Some(p) => {
             let c = load_classifier(p, device)?;

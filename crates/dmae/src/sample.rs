@@ -448,6 +448,36 @@ pub fn fit_sample(s: &dmae_data::Sample, config: &ModelConfig, device: &Device) 
     images::fit_image(&t, config.in_channels, h, w)
 }
 
+/// How to inpaint: the mask and the sampler (the same flags in `dmae sample` and `dmae eval`).
+#[derive(clap::Args, Debug)]
+pub struct InpaintArgs {
+    /// center[:F] | random:R | block:R | FILE.png; video: tube:R | future:K | middle:K.
+    /// Default center:0.25 (images), tube:0.9 (video).
+    #[arg(long)]
+    pub mask: Option<MaskSpec>,
+    /// Default ddim (mae for MAE checkpoints).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+}
+
+impl InpaintArgs {
+    /// The mask (the model's default when `--mask` is absent) and the sampler for `config`.
+    pub fn resolve(&self, config: &ModelConfig) -> Result<(MaskSpec, Sampler)> {
+        let mask = self
+            .mask
+            .clone()
+            .unwrap_or_else(|| MaskSpec::default_for(config));
+        let sampler = build_sampler(config, self.sampler, self.steps, self.eta)?;
+        Ok((mask, sampler))
+    }
+}
+
 /// `dmae sample` flags.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -463,19 +493,8 @@ pub struct Args {
     /// With --data: how many samples (the first N of the validation split).
     #[arg(long, default_value_t = 8)]
     pub count: usize,
-    /// center[:F] | random:R | block:R | FILE.png; video: tube:R | future:K | middle:K.
-    /// Default center:0.25 (images), tube:0.9 (video).
-    #[arg(long)]
-    pub mask: Option<MaskSpec>,
-    /// Default ddim (mae for MAE checkpoints).
-    #[arg(long, value_enum)]
-    pub sampler: Option<SamplerArg>,
-    /// DDIM steps.
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// DDIM eta (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    #[command(flatten)]
+    pub inpaint: InpaintArgs,
     /// Seed of the masks and the sampler noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -499,11 +518,7 @@ pub fn run(args: Args) -> Result<()> {
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     let model = load_model(&args.checkpoint, &device)?;
     let config = model.config().clone();
-    let mask_spec = args
-        .mask
-        .clone()
-        .unwrap_or_else(|| MaskSpec::default_for(&config));
-    let sampler = build_sampler(&config, args.sampler, args.steps, args.eta)?;
+    let (mask_spec, sampler) = args.inpaint.resolve(&config)?;
     // Validate the mask before reading any input.
     mask_spec.build(&config, 1, RngKey::new(args.seed, 0), &device)?;
     let inputs = match (&args.input, &args.data) {
