@@ -187,8 +187,8 @@ fn variables(
     Ok(vars)
 }
 
-fn jobs(recipe: &Recipe, quick: bool, set: &[(String, String)], out: &Path) -> Result<Vec<Job>> {
-    let vars = variables(recipe, quick, set, out)?;
+/// The stage instances of `recipe` with `vars` substituted.
+fn jobs(recipe: &Recipe, vars: &BTreeMap<String, String>) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     let mut names = std::collections::HashSet::new();
     for stage in &recipe.stage {
@@ -288,7 +288,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/recipes").join(&label));
-    let jobs = jobs(&recipe, args.quick, &args.set, &out)?;
+    let vars = variables(&recipe, args.quick, &args.set, &out)?;
+    let jobs = jobs(&recipe, &vars)?;
     if args.dry_run {
         for j in &jobs {
             println!("[{}] dmae {}", j.name, j.args.join(" "));
@@ -364,7 +365,6 @@ pub fn run(args: RunArgs) -> Result<()> {
             entry(entry(&mut tables, table), &row).push(obj);
         }
     }
-    let vars = variables(&recipe, args.quick, &args.set, &out)?;
     let mut curves = String::new();
     for c in &recipe.curve {
         let what = format!("curve {:?}", c.title);
@@ -550,7 +550,6 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores")
 }
 
-/// Copies the summary and the recipe's figures to `docs/results/<label>/`.
 /// Copies the summary and figures to `docs/results/<label>/` and refreshes the recipe's block in
 /// `docs/results.md` (between `<!-- recipe:LABEL -->` and `<!-- /recipe:LABEL -->`), so the
 /// numbers there are always the ones this run produced. Figures are named `<folder>-<file>`:
@@ -653,6 +652,10 @@ fn glob_simple(pattern: &str) -> Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
+    fn expand(r: &Recipe, quick: bool, set: &[(String, String)]) -> Result<Vec<Job>> {
+        jobs(r, &variables(r, quick, set, Path::new("/o"))?)
+    }
+
     const RECIPE: &str = r#"
 description = "t"
 [vars]
@@ -670,7 +673,7 @@ table = "Runs of {steps} steps"
     #[test]
     fn stages_expand_over_foreach_and_quick_overrides_vars() {
         let r: Recipe = toml::from_str(RECIPE).unwrap();
-        let j = jobs(&r, true, &[], Path::new("/o")).unwrap();
+        let j = expand(&r, true, &[]).unwrap();
         assert_eq!(j.len(), 2);
         assert_eq!(j[1].name, "pre-s1");
         assert_eq!(
@@ -678,19 +681,13 @@ table = "Runs of {steps} steps"
             ["train", "--steps", "5", "--seed", "1", "--out", "/o/pre-s1"]
         );
         assert_eq!(j[0].table.as_deref(), Some("Runs of 5 steps"));
-        let full = jobs(&r, false, &[], Path::new("/o")).unwrap();
+        let full = expand(&r, false, &[]).unwrap();
         assert_eq!(full[0].args[2], "100");
         // --set wins over [quick]; it may only name variables of [vars].
         let set = [("steps".to_string(), "7".to_string())];
-        assert_eq!(
-            jobs(&r, true, &set, Path::new("/o")).unwrap()[0].args[2],
-            "7"
-        );
+        assert_eq!(expand(&r, true, &set).unwrap()[0].args[2], "7");
         let typo = [("stpes".to_string(), "7".to_string())];
-        let e = jobs(&r, true, &typo, Path::new("/o"))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = expand(&r, true, &typo).err().unwrap().to_string();
         assert!(e.contains("stpes"), "{e}");
         assert!(parse_set("steps").is_err() && parse_set("=3").is_err());
     }
@@ -699,17 +696,11 @@ table = "Runs of {steps} steps"
     fn unknown_variables_and_duplicate_names_are_errors() {
         let bad = RECIPE.replace("{steps}", "{stpes}");
         let r: Recipe = toml::from_str(&bad).unwrap();
-        let e = jobs(&r, false, &[], Path::new("/o"))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = expand(&r, false, &[]).err().unwrap().to_string();
         assert!(e.contains("{stpes}"), "{e}");
         let dup = RECIPE.replace("pre-s{seed}\"\nforeach", "pre\"\nforeach");
         let r: Recipe = toml::from_str(&dup).unwrap();
-        let e = jobs(&r, false, &[], Path::new("/o"))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = expand(&r, false, &[]).err().unwrap().to_string();
         assert!(e.contains("two stages"), "{e}");
     }
 
