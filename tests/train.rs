@@ -1,6 +1,6 @@
 //! End-to-end tests of `dmae train` and `dmae finetune`: the real binary on the bundled MNIST
-//! digits (and Moving-MNIST clips made from them) with a small model (encoder 64x2, decoder 32x1) so that the file runs in about a
-//! minute on 2 cores.
+//! digits (and Moving-MNIST clips made from them) with a small model (encoder 64x2, decoder
+//! 32x1) so that the file runs in about a minute on 2 cores.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
