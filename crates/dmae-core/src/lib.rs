@@ -15,6 +15,8 @@
 //! | [`patchify`], [`unpatchify`], [`patchify_video`], [`unpatchify_video`] | `patch` | MAE's patch layout |
 //! | [`gather_tokens`], [`scatter_tokens`] | `tokens` | per-sample token selection by index |
 //! | [`AdamW`] | `adamw` | fused AdamW step |
+//! | [`linear`] | `linear` | `x Wᵀ + b` with its three gradients |
+//! | [`DataParallel`] | `data_parallel` | a batch split over CPU thread groups, gradients summed |
 //!
 //! [`reference`](mod@reference) holds the same functions composed from plain candle ops (the baseline of the tests
 //! and of `cargo xtask bench ops`), and [`gradcheck`] the finite-difference checker.
@@ -41,6 +43,7 @@ mod attention;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod data_parallel;
 mod error;
 mod gelu;
 pub mod gradcheck;
@@ -56,6 +59,7 @@ mod tokens;
 
 pub use adamw::{AdamW, AdamWConfig, Param};
 pub use attention::{attention, attention_qkv};
+pub use data_parallel::DataParallel;
 pub use error::{Error, Result};
 pub use gelu::{gelu, Gelu};
 pub use layer_norm::layer_norm;

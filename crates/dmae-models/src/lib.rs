@@ -76,4 +76,4 @@ pub use hf::{HfVitMaeConfig, MaeOutput};
 pub use masking::TokenMask;
 pub use model::{DiffMae, ModelDenoiser};
 pub use params::NamedParam;
-pub use pretrain::{PretrainMask, PretrainStep, Pretraining};
+pub use pretrain::{PretrainBatch, PretrainMask, PretrainStep, Pretraining};

@@ -84,6 +84,15 @@ impl TokenMask {
         })
     }
 
+    /// Samples `start..start + len` of the batch (views, no copies).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            visible: self.visible.narrow(0, start, len)?,
+            masked: self.masked.narrow(0, start, len)?,
+            ids_restore: self.ids_restore.narrow(0, start, len)?,
+        })
+    }
+
     /// Batch size.
     pub fn batch_size(&self) -> usize {
         self.visible.dims().first().copied().unwrap_or(0)

@@ -13,7 +13,11 @@
 //! no noise is drawn. Every draw comes from `(key, sample index)`, so a step is reproducible
 //! from `(seed, step)` alone, whatever the batch split or thread count.
 
-use candle_core::Tensor;
+use std::ops::Range;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use dmae_core::DataParallel;
 use dmae_diffusion::{
     diffuse, MaskIndices, MaskStrategy, NoiseSchedule, PatchGrid, RngKey, VideoGrid,
     VideoMaskStrategy, X0Loss,
@@ -120,9 +124,10 @@ impl Pretraining {
         })
     }
 
-    /// One step on `images (N, C, H, W)` (clips `(N, C, T, H, W)`): every random draw (mask,
-    /// timesteps, noise) is derived from `key`.
-    pub fn step(&self, model: &DiffMae, images: &Tensor, key: RngKey) -> Result<PretrainStep> {
+    /// Every random draw of one step on `images (N, C, H, W)` (clips `(N, C, T, H, W)`), made
+    /// for the whole batch from `key` (mask, timesteps, noise), and the inputs the model reads.
+    /// Splitting the result with [`Pretraining::loss_on`] never changes a draw.
+    pub fn draw(&self, model: &DiffMae, images: &Tensor, key: RngKey) -> Result<PretrainBatch> {
         let config = model.config();
         let n = images.dims().first().copied().unwrap_or(0);
         let mut want = vec![n];
@@ -143,17 +148,95 @@ impl Pretraining {
             // The mask-token decoder never reads x_t; zeros keep the ground truth out of it.
             MaskedInput::MaskToken => (x0_masked.zeros_like()?, Vec::new()),
         };
-        let t_in = if t.is_empty() { vec![0; n] } else { t.clone() };
-        let pred = model.forward(&patches, &masking, &x_t, &t_in)?;
-        let loss = self.loss.compute(&pred, &x0_masked)?;
-        Ok(PretrainStep {
-            loss,
+        Ok(PretrainBatch {
+            patches,
+            masking,
             mask,
+            x_t,
             t,
-            pred,
             x0_masked,
         })
     }
+
+    /// The prediction `x̂0_m = D(x_t, t, E(x0_v))` and the x0 loss (the mean over the samples
+    /// in `range`) for samples `range` of a drawn batch.
+    pub fn loss_on(
+        &self,
+        model: &DiffMae,
+        batch: &PretrainBatch,
+        range: Range<usize>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (start, len) = (range.start, range.len());
+        let t_in = if batch.t.is_empty() {
+            vec![0; len]
+        } else {
+            batch.t.get(range).map(<[usize]>::to_vec).ok_or_else(|| {
+                Error::arg("range", format!("beyond the batch of {}", batch.t.len()))
+            })?
+        };
+        let x0_masked = batch.x0_masked.narrow(0, start, len)?;
+        let pred = model.forward(
+            &batch.patches.narrow(0, start, len)?,
+            &batch.masking.narrow(start, len)?,
+            &batch.x_t.narrow(0, start, len)?,
+            &t_in,
+        )?;
+        let loss = self.loss.compute(&pred, &x0_masked)?;
+        Ok((loss, pred))
+    }
+
+    /// One step on `images (N, C, H, W)` (clips `(N, C, T, H, W)`): every random draw (mask,
+    /// timesteps, noise) is derived from `key`.
+    pub fn step(&self, model: &DiffMae, images: &Tensor, key: RngKey) -> Result<PretrainStep> {
+        let batch = self.draw(model, images, key)?;
+        let n = batch.patches.dim(0)?;
+        let (loss, pred) = self.loss_on(model, &batch, 0..n)?;
+        Ok(PretrainStep {
+            loss,
+            mask: batch.mask,
+            t: batch.t,
+            pred,
+            x0_masked: batch.x0_masked,
+        })
+    }
+
+    /// The loss of one step (detached) and the gradients of every model parameter, with the
+    /// batch split over `shards` (forward and backward of each part on its own threads, see
+    /// [`DataParallel`]). The draws are those of [`Pretraining::step`] with the same key, and the
+    /// gradients are the whole batch's whatever the split.
+    pub fn backward(
+        &self,
+        model: &DiffMae,
+        images: &Tensor,
+        key: RngKey,
+        shards: &DataParallel,
+    ) -> Result<(Tensor, GradStore)> {
+        let batch = self.draw(model, images, key)?;
+        let vars: Vec<Var> = model.named_params().iter().map(|p| p.var.clone()).collect();
+        let n = batch.patches.dim(0)?;
+        Ok(shards.backward(n, &vars, |r| {
+            self.loss_on(model, &batch, r)
+                .map(|(loss, _)| loss)
+                .map_err(candle_core::Error::wrap)
+        })?)
+    }
+}
+
+/// The inputs of one pre-training step with every random draw made ([`Pretraining::draw`]).
+#[derive(Clone, Debug)]
+pub struct PretrainBatch {
+    /// All patches `(N, L, P)`.
+    pub patches: Tensor,
+    /// Token index sets of `mask`.
+    pub masking: TokenMask,
+    /// The masks.
+    pub mask: MaskIndices,
+    /// The decoder's masked input `(N, Lm, P)`: `x_t`, or zeros in MAE mode.
+    pub x_t: Tensor,
+    /// One 0-based timestep per sample (empty in MAE mode).
+    pub t: Vec<usize>,
+    /// The clean masked patches `(N, Lm, P)`.
+    pub x0_masked: Tensor,
 }
 
 #[cfg(test)]
@@ -194,6 +277,49 @@ mod tests {
         for p in model.named_params() {
             let g = grads.get(p.var.as_tensor());
             assert!(g.is_some(), "no gradient for {}", p.name);
+        }
+    }
+
+    /// Split over 1, 2 or 3 shards, a step's loss and gradients are the whole batch's.
+    #[test]
+    fn sharded_backward_equals_the_whole_batch_step() {
+        let dev = Device::Cpu;
+        let cfg = small(ModelConfig::mnist());
+        let model = DiffMae::new(cfg.clone(), 0, &dev).unwrap();
+        let images = Tensor::rand(0f32, 1., (35, 1, 28, 28), &dev).unwrap();
+        let p = Pretraining::for_config(&cfg).unwrap();
+        let key = RngKey::new(2, 5);
+        let whole = p.step(&model, &images, key).unwrap();
+        let g1 = whole.loss.backward().unwrap();
+        let l1 = whole.loss.to_scalar::<f32>().unwrap();
+        for threads in [1, 2, 3] {
+            let shards = DataParallel::new(threads, 48).unwrap();
+            let (loss, g) = p.backward(&model, &images, key, &shards).unwrap();
+            let l = loss.to_scalar::<f32>().unwrap();
+            assert!(
+                (l - l1).abs() < 1e-6 * l1.abs(),
+                "{threads}: loss {l} vs {l1}"
+            );
+            for param in model.named_params() {
+                let (a, b) = (
+                    g.get(param.var.as_tensor()).unwrap(),
+                    g1.get(param.var.as_tensor()).unwrap(),
+                );
+                let scale = b
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                let d = d.to_scalar::<f32>().unwrap();
+                assert!(
+                    d <= 1e-4 * scale.max(1e-6),
+                    "{threads}: {}: {d} vs {scale}",
+                    param.name
+                );
+            }
         }
     }
 
