@@ -30,9 +30,47 @@ pub struct SampleArgs {
     threads: Option<usize>,
 }
 
+/// Seconds for one DDIM inpainting of `batch` random images, timed as the PyTorch reference
+/// times its `sample`: a 5-step warm-up first, then the encoder once (random 75% mask) and
+/// `steps` decodes, each split over the CPU shards of `threads` threads.
+pub(crate) fn time_inpaint(
+    model: &DiffMae,
+    batch: usize,
+    steps: usize,
+    threads: usize,
+    dev: &candle_core::Device,
+) -> Result<f64> {
+    let cfg = model.config();
+    let (rows, cols) = cfg.grid();
+    let mask = MaskStrategy::random(0.75)?.sample(
+        PatchGrid::new(rows, cols),
+        batch,
+        RngKey::new(0, 0),
+        dev,
+    )?;
+    let masking = TokenMask::from(&mask);
+    let patches = Tensor::randn(0f32, 1., (batch, cfg.num_patches(), cfg.patch_dim()), dev)?;
+    let (x0_v, x0_m) = mask.split(&patches)?;
+    let shards = dmae_core::DataParallel::for_device(dev, threads, batch)?;
+    let once = |steps: usize| -> Result<f64> {
+        let start = Instant::now();
+        let ctx = model.encode(&x0_v, &masking)?;
+        let sampler = Sampler::new(
+            NoiseSchedule::linear(1000)?,
+            SamplerKind::Ddim { steps, eta: 0.0 },
+        )?;
+        let mut den = model.denoiser(&ctx, &masking).sharded(&shards);
+        sampler.sample(&mut den, x0_m.dims(), DType::F32, dev, RngKey::new(1, 0))?;
+        dev.synchronize()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    once(5)?;
+    once(steps)
+}
+
 pub fn run(args: SampleArgs) -> Result<()> {
     // Before any tensor op: thread count and candle's pool settings (see dmae_core::configure_threads).
-    dmae_core::configure_threads(args.threads);
+    let threads = dmae_core::configure_threads(args.threads);
     let dev = crate::device(&args.device)?;
     let cfg = ModelConfig::preset(&args.model)?;
     let model = DiffMae::new(cfg.clone(), 0, &dev)?;
@@ -86,8 +124,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
         NoiseSchedule::linear(1000)?,
         SamplerKind::Ddim { steps: 5, eta: 0.0 },
     )?;
+    // Each decode split over CPU thread groups, as `dmae sample` does.
+    let shards = dmae_core::DataParallel::for_device(&dev, threads, args.batch)?;
     warm.sample(
-        &mut model.denoiser(&ctx, &masking),
+        &mut model.denoiser(&ctx, &masking).sharded(&shards),
         shape,
         DType::F32,
         &dev,
@@ -101,7 +141,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         } else {
             ctx.without_cache()
         };
-        let mut denoiser = model.denoiser(&ctx, &masking);
+        let mut denoiser = model.denoiser(&ctx, &masking).sharded(&shards);
         let start = Instant::now();
         let out = sampler.sample(&mut denoiser, shape, DType::F32, &dev, RngKey::new(1, 0))?;
         dev.synchronize()?;

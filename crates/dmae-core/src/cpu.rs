@@ -237,18 +237,82 @@ pub(crate) fn matmul_par<T: Real>(
     r: Mat,
     alpha: T,
 ) {
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    matmul_with(dst, d, accumulate, lhs, l, rhs, r, alpha, par)
+    matmul_with(dst, d, accumulate, lhs, l, rhs, r, alpha, parallelism())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn matmul_with<T: Real>(
     dst: &mut [T],
+    d: Mat,
+    accumulate: bool,
+    lhs: &[T],
+    l: Mat,
+    rhs: &[T],
+    r: Mat,
+    alpha: T,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(d.fits(dst.len()), "matmul view out of bounds");
+    // SAFETY: `d` lies inside `dst` (checked above), which is borrowed mutably, so it cannot alias
+    // `lhs` or `rhs`.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            d,
+            accumulate,
+            lhs,
+            l,
+            rhs,
+            r,
+            alpha,
+            parallelism,
+        )
+    }
+}
+
+/// `alpha * lhs @ rhs` as a new row-major `(l.rows, r.cols)` vector, on all of rayon's threads.
+/// gemm writes every element once; a `vec![0; n]` first would be one more pass over the output
+/// (memset was 5-6% of a step's CPU time).
+pub(crate) fn matmul_new<T: Real>(lhs: &[T], l: Mat, rhs: &[T], r: Mat, alpha: T) -> Vec<T> {
+    let (m, n) = (l.rows, r.cols);
+    if m == 0 || n == 0 || l.cols == 0 {
+        return vec![T::zero(); m * n];
+    }
+    let mut dst = Vec::with_capacity(m * n);
+    // SAFETY: the destination is the vector's own allocation of m·n elements, row-major with
+    // row stride n, so the view fits; it cannot alias the inputs. With `accumulate = false`
+    // gemm only writes it, and with m, n, k > 0 it writes every element, so all m·n elements
+    // are initialised before `set_len`.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            Mat::rows(0, m, n, n),
+            false,
+            lhs,
+            l,
+            rhs,
+            r,
+            alpha,
+            parallelism(),
+        );
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    }
+}
+
+/// # Safety
+/// `d` must address memory inside one allocation that `dst` may write, not overlapping `lhs` or
+/// `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: Real>(
+    dst: *mut T,
     d: Mat,
     accumulate: bool,
     lhs: &[T],
@@ -264,20 +328,20 @@ fn matmul_with<T: Real>(
         "matmul shapes {d:?} {l:?} {r:?}"
     );
     assert!(
-        d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()),
+        l.fits(lhs.len()) && r.fits(rhs.len()),
         "matmul view out of bounds"
     );
     if d.rows == 0 || d.cols == 0 || l.cols == 0 {
         return;
     }
-    // SAFETY: every element addressed by the three views lies inside its slice (checked above), and
-    // `dst` is borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    // SAFETY: the input views lie inside their slices (checked above); the destination is the
+    // caller's contract.
     unsafe {
         gemm::gemm(
             d.rows,
             d.cols,
             l.cols,
-            dst.as_mut_ptr().add(d.offset),
+            dst.add(d.offset),
             d.cs as isize,
             d.rs as isize,
             accumulate,

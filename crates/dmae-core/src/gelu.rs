@@ -1,5 +1,7 @@
 //! GELU, in the exact (erf) form used by ViT/MAE and the tanh approximation, with backward.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -71,17 +73,18 @@ fn derivative<T: Real>(kind: Gelu, x: T) -> T {
 }
 
 cpu::multiversion! {
-    fn forward_chunk<T: Real>(kind: Gelu, x: &mut [T]) {
+    fn forward_chunk<T: Real>(kind: Gelu, x: &[T], y: &mut [MaybeUninit<T>]) {
+        let y = &mut y[..x.len()];
         // One loop per form, so each is a straight vectorisable loop.
         match kind {
             Gelu::Erf => {
                 for i in 0..x.len() {
-                    x[i] = value(Gelu::Erf, x[i]);
+                    y[i].write(value(Gelu::Erf, x[i]));
                 }
             }
             Gelu::Tanh => {
                 for i in 0..x.len() {
-                    x[i] = value(Gelu::Tanh, x[i]);
+                    y[i].write(value(Gelu::Tanh, x[i]));
                 }
             }
         }
@@ -89,21 +92,47 @@ cpu::multiversion! {
 }
 
 cpu::multiversion! {
-    fn backward_chunk<T: Real>(kind: Gelu, x: &[T], g: &mut [T]) {
-        let g = &mut g[..x.len()];
+    fn backward_chunk<T: Real>(kind: Gelu, x: &[T], g: &[T], dx: &mut [MaybeUninit<T>]) {
+        let (g, dx) = (&g[..x.len()], &mut dx[..x.len()]);
         match kind {
             Gelu::Erf => {
                 for i in 0..x.len() {
-                    g[i] *= derivative(Gelu::Erf, x[i]);
+                    dx[i].write(g[i] * derivative(Gelu::Erf, x[i]));
                 }
             }
             Gelu::Tanh => {
                 for i in 0..x.len() {
-                    g[i] *= derivative(Gelu::Tanh, x[i]);
+                    dx[i].write(g[i] * derivative(Gelu::Tanh, x[i]));
                 }
             }
         }
     }
+}
+
+/// `gelu(x)` element-wise into a new vector (each element written once, in parallel chunks).
+pub(crate) fn forward_new<T: Real>(kind: Gelu, x: &[T]) -> Vec<T> {
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| forward_chunk(kind, x, y));
+    // SAFETY: the chunks cover the first x.len() slots and forward_chunk writes each slot of its
+    // chunk.
+    unsafe { y.set_len(x.len()) };
+    y
+}
+
+/// `dy · gelu'(x)` element-wise into a new vector; `dy` has `x`'s length.
+pub(crate) fn backward_new<T: Real>(kind: Gelu, x: &[T], dy: &[T]) -> Vec<T> {
+    assert_eq!(x.len(), dy.len(), "gelu backward: gradient length");
+    let mut dx = Vec::with_capacity(x.len());
+    dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, g))| backward_chunk(kind, x, g, dx));
+    // SAFETY: as in forward_new: every slot of every chunk is written.
+    unsafe { dx.set_len(x.len()) };
+    dx
 }
 
 impl CustomOp1 for GeluOp {
@@ -113,9 +142,8 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         fn run<T: Real>(kind: Gelu, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
-            let mut y = cpu::slice::<T>(s, l, OP)?.to_vec();
-            y.par_chunks_mut(CHUNK).for_each(|c| forward_chunk(kind, c));
-            Ok(T::to_cpu_storage_owned(y))
+            let x = cpu::slice::<T>(s, l, OP)?;
+            Ok(T::to_cpu_storage_owned(forward_new(kind, x)))
         }
         Ok((
             cpu::dispatch_float!(OP, s, run(self.0, s, l))?,
@@ -147,11 +175,8 @@ impl CustomOp1 for GeluOp {
                     gl: &Layout,
                 ) -> candle_core::Result<Tensor> {
                     let x = cpu::slice::<T>(xs, xl, OP)?;
-                    let mut dx = cpu::slice::<T>(gs, gl, OP)?.to_vec();
-                    dx.par_chunks_mut(CHUNK)
-                        .zip(x.par_chunks(CHUNK))
-                        .for_each(|(dx, x)| backward_chunk(kind, x, dx));
-                    Ok(cpu::tensor(dx, xl.shape()))
+                    let dy = cpu::slice::<T>(gs, gl, OP)?;
+                    Ok(cpu::tensor(backward_new(kind, x, dy), xl.shape()))
                 }
                 cpu::dispatch_float!(OP, xs, run(self.0, xs, xl, gs, gl))?
             }

@@ -15,7 +15,7 @@
 //! | [`patchify`], [`unpatchify`], [`patchify_video`], [`unpatchify_video`] | `patch` | MAE's patch layout |
 //! | [`gather_tokens`], [`scatter_tokens`] | `tokens` | per-sample token selection by index |
 //! | [`AdamW`] | `adamw` | fused AdamW step |
-//! | [`linear`] | `linear` | `x Wᵀ + b` with its three gradients |
+//! | [`linear`], [`linear_gelu`] | `linear` | `x Wᵀ + b` (and `gelu(x Wᵀ + b)`) with its three gradients |
 //! | [`DataParallel`] | `data_parallel` | a batch split over CPU thread groups, gradients summed |
 //!
 //! [`reference`](mod@reference) holds the same functions composed from plain candle ops (the baseline of the tests
@@ -63,7 +63,7 @@ pub use data_parallel::DataParallel;
 pub use error::{Error, Result};
 pub use gelu::{gelu, Gelu};
 pub use layer_norm::layer_norm;
-pub use linear::linear;
+pub use linear::{linear, linear_gelu};
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
 pub use softmax::softmax;
 pub use threads::{configure_threads, DEFAULT_SPIN_LIMIT};

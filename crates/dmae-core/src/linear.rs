@@ -7,11 +7,15 @@
 //! that overhead was larger than the matrix products themselves. As one op, the backward is three
 //! products and a column sum, each written once.
 
+use std::mem::MaybeUninit;
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{self, Mat, Real};
 use crate::error::{check_float, check_same_dtype, invalid, shape_mismatch, Result};
+use crate::gelu::{self, Gelu};
 
 const OP: &str = "linear";
 
@@ -21,6 +25,29 @@ const OP: &str = "linear";
 /// On the CPU this is one fused op (matrix products on all of rayon's threads); on other devices it
 /// is composed from candle's matmul and broadcast add.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_act(x, weight, bias, None)
+}
+
+/// `gelu(x Wᵀ + b)`, the first layer of a transformer MLP, as one op: the activation is applied
+/// while the product is still in cache, and the backward turns the output gradient into the
+/// pre-activation gradient in the same pass that feeds the products. Saves the separate GELU
+/// node (its copy, its pass and candle's zero-filled gradient buffer for it). Same arguments and
+/// checks as [`linear`].
+pub fn linear_gelu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    kind: Gelu,
+) -> Result<Tensor> {
+    linear_act(x, weight, bias, Some(kind))
+}
+
+fn linear_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Option<Gelu>,
+) -> Result<Tensor> {
     check_float(OP, "x", x.dtype(), x.device())?;
     check_same_dtype(OP, "weight", weight.dtype(), x.dtype())?;
     let (d_out, d_in) = weight.dims2().map_err(|_| {
@@ -59,13 +86,19 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
-        return Ok(y.reshape(out_dims)?);
+        let y = y.reshape(out_dims)?;
+        return match act {
+            Some(kind) => gelu::gelu(&y, kind),
+            None => Ok(y),
+        };
     }
     let op = Linear {
         rows,
         d_in,
         d_out,
         out_shape: Shape::from(out_dims),
+        act,
+        pre_activation: Mutex::new(None),
     };
     // Without a bias, a constant zero bias keeps one op (its gradient is computed and dropped).
     let b = match bias {
@@ -80,14 +113,28 @@ struct Linear {
     d_in: usize,
     d_out: usize,
     out_shape: Shape,
+    act: Option<Gelu>,
+    /// With an activation, `x Wᵀ + b` saved by the forward pass for the backward (the output is
+    /// the activation's, and GELU cannot be inverted).
+    pre_activation: Mutex<Option<Tensor>>,
 }
 
-/// Forward: the bias broadcast into every row, then `+= x Wᵀ`.
+/// Forward: the bias written into every row, then `+= x Wᵀ`.
 fn forward<T: Real>(op: &Linear, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
-    let mut y = vec![T::zero(); rows * d_out];
-    y.par_chunks_mut(cpu::rows_per_task(d_out) * d_out)
-        .for_each(|c| c.chunks_mut(d_out).for_each(|r| r.copy_from_slice(b)));
+    let mut y = Vec::with_capacity(rows * d_out);
+    y.spare_capacity_mut()[..rows * d_out]
+        .par_chunks_mut(cpu::rows_per_task(d_out) * d_out)
+        .for_each(|c| {
+            c.chunks_mut(d_out).for_each(|r: &mut [MaybeUninit<T>]| {
+                for (dst, &v) in r.iter_mut().zip(b) {
+                    dst.write(v);
+                }
+            })
+        });
+    // SAFETY: the chunks cover all rows·d_out slots, and every row of d_out slots is written from
+    // `b` (d_out elements, checked at the op boundary).
+    unsafe { y.set_len(rows * d_out) };
     cpu::matmul_par(
         &mut y,
         Mat::rows(0, rows, d_out, d_out),
@@ -117,28 +164,8 @@ fn backward<T: Real>(op: &Linear, x: &[T], w: &[T], dy: &[T]) -> [Vec<T>; 3] {
     let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
     let dym = Mat::rows(0, rows, d_out, d_out);
     let xm = Mat::rows(0, rows, d_in, d_in);
-    let mut dx = vec![T::zero(); rows * d_in];
-    cpu::matmul_par(
-        &mut dx,
-        xm,
-        false,
-        dy,
-        dym,
-        w,
-        Mat::rows(0, d_out, d_in, d_in),
-        T::one(),
-    );
-    let mut dw = vec![T::zero(); d_out * d_in];
-    cpu::matmul_par(
-        &mut dw,
-        Mat::rows(0, d_out, d_in, d_in),
-        false,
-        dy,
-        dym.t(),
-        x,
-        xm,
-        T::one(),
-    );
+    let dx = cpu::matmul_new(dy, dym, w, Mat::rows(0, d_out, d_in, d_in), T::one());
+    let dw = cpu::matmul_new(dy, dym.t(), x, xm, T::one());
     let db = dy
         .par_chunks(cpu::rows_per_task(d_out) * d_out)
         .fold(
@@ -181,7 +208,16 @@ impl CustomOp3 for Linear {
             let x = cpu::slice::<T>(x.0, x.1, OP)?;
             let w = cpu::slice::<T>(w.0, w.1, OP)?;
             let b = cpu::slice::<T>(b.0, b.1, OP)?;
-            Ok(T::to_cpu_storage_owned(forward(op, x, w, b)))
+            let h = forward(op, x, w, b);
+            Ok(T::to_cpu_storage_owned(match op.act {
+                Some(kind) => {
+                    let y = gelu::forward_new(kind, &h);
+                    let mut saved = op.pre_activation.lock().unwrap_or_else(|e| e.into_inner());
+                    *saved = Some(cpu::tensor(h, op.out_shape.clone()));
+                    y
+                }
+                None => h,
+            }))
         }
         let y = cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (bs, bl)))?;
         Ok((y, self.out_shape.clone()))
@@ -196,9 +232,23 @@ impl CustomOp3 for Linear {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
+        let pre = match self.act {
+            Some(_) => {
+                let saved = self
+                    .pre_activation
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                match saved.as_ref() {
+                    Some(t) => Some(t.clone()),
+                    None => candle_core::bail!("{OP}: internal error: no saved pre-activation"),
+                }
+            }
+            None => None,
+        };
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (gs, gl) = dy.storage_and_layout();
+        let pre = pre.as_ref().map(|p| p.storage_and_layout());
         let [dx, dw, db] = match (&*xs, &*ws, &*gs) {
             (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) => {
                 fn run<T: Real>(
@@ -206,18 +256,32 @@ impl CustomOp3 for Linear {
                     x: (&CpuStorage, &Layout),
                     w: (&CpuStorage, &Layout),
                     g: (&CpuStorage, &Layout),
+                    pre: Option<(&CpuStorage, &Layout)>,
                 ) -> candle_core::Result<[Tensor; 3]> {
                     let xv = cpu::slice::<T>(x.0, x.1, OP)?;
                     let wv = cpu::slice::<T>(w.0, w.1, OP)?;
                     let gv = cpu::slice::<T>(g.0, g.1, OP)?;
-                    let [dx, dw, db] = backward(op, xv, wv, gv);
+                    let [dx, dw, db] = match (op.act, pre) {
+                        (Some(kind), Some((ps, pl))) => {
+                            let h = cpu::slice::<T>(ps, pl, OP)?;
+                            backward(op, xv, wv, &gelu::backward_new(kind, h, gv))
+                        }
+                        _ => backward(op, xv, wv, gv),
+                    };
                     Ok([
                         cpu::tensor(dx, x.1.shape()),
                         cpu::tensor(dw, w.1.shape()),
                         cpu::tensor(db, op.d_out),
                     ])
                 }
-                cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl)))?
+                let pre = match &pre {
+                    Some((s, l)) => match &**s {
+                        Storage::Cpu(s) => Some((s, *l)),
+                        _ => candle_core::bail!("{OP}: saved pre-activation off the CPU"),
+                    },
+                    None => None,
+                };
+                cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl), pre))?
             }
             _ => candle_core::bail!("{OP}: the fused op runs on the CPU only"),
         };
@@ -242,6 +306,34 @@ mod tests {
         // A strided input (copied once) and a transposed weight view.
         let h = |t: &[Tensor]| linear(&t[0].t()?, &t[1].t()?, Some(&t[2])).map_err(Into::into);
         assert_grads(h, &[randn(&[5, 6], 6), randn(&[5, 3], 7), randn(&[3], 8)]);
+    }
+
+    #[test]
+    fn fused_gelu_gradients_match_finite_differences_and_the_composition() {
+        for kind in [Gelu::Erf, Gelu::Tanh] {
+            let f = move |t: &[Tensor]| {
+                linear_gelu(&t[0], &t[1], Some(&t[2]), kind).map_err(Into::into)
+            };
+            assert_grads(
+                f,
+                &[randn(&[2, 3, 5], 1), randn(&[4, 5], 2), randn(&[4], 3)],
+            );
+            let g = move |t: &[Tensor]| linear_gelu(&t[0], &t[1], None, kind).map_err(Into::into);
+            assert_grads(g, &[randn(&[7, 6], 4), randn(&[3, 6], 5)]);
+            assert_matches_reference(
+                move |t| linear_gelu(&t[0], &t[1], Some(&t[2]), kind).map_err(Into::into),
+                move |t| {
+                    let y = linear(&t[0], &t[1], Some(&t[2]))?;
+                    Ok(crate::gelu(&y, kind)?)
+                },
+                &[
+                    randn(&[16, 37, 128], 9),
+                    randn(&[512, 128], 10),
+                    randn(&[512], 11),
+                ],
+                1e-4,
+            );
+        }
     }
 
     #[test]

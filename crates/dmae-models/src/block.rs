@@ -99,9 +99,10 @@ impl Mlp {
         })
     }
 
-    /// Applies the MLP.
+    /// Applies the MLP (fc1 and GELU as one dmae-core op).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = dmae_core::gelu(&self.fc1.forward(x)?, self.act.core())?;
+        let fc1 = &self.fc1;
+        let h = dmae_core::linear_gelu(x, &fc1.weight, fc1.bias.as_ref(), self.act.core())?;
         self.fc2.forward(&h)
     }
 }

@@ -74,6 +74,42 @@ impl Encoded {
     pub fn batch_size(&self) -> usize {
         self.encoder.last.dims()[0]
     }
+
+    /// Samples `start..start + len` of the batch (views, no copies).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        let rows = |t: &Tensor| t.narrow(0, start, len);
+        Ok(Self {
+            encoder: EncoderOutput {
+                hidden: self
+                    .encoder
+                    .hidden
+                    .iter()
+                    .map(rows)
+                    .collect::<candle_core::Result<_>>()?,
+                last: rows(&self.encoder.last)?,
+            },
+            contexts: self
+                .contexts
+                .iter()
+                .map(rows)
+                .collect::<candle_core::Result<_>>()?,
+            kv: self
+                .kv
+                .as_ref()
+                .map(|kv| {
+                    kv.iter()
+                        .map(|c| {
+                            Ok::<_, candle_core::Error>(KvCache {
+                                k: rows(&c.k)?,
+                                v: rows(&c.v)?,
+                            })
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
+                })
+                .transpose()?,
+            joint_tokens: self.joint_tokens.as_ref().map(rows).transpose()?,
+        })
+    }
 }
 
 impl Decoder {

@@ -2,7 +2,7 @@
 //! [`Denoiser`] bundle.
 
 use candle_core::{DType, Device, Tensor};
-use dmae_core::Param;
+use dmae_core::{DataParallel, Param};
 use dmae_diffusion::Denoiser;
 
 use crate::config::ModelConfig;
@@ -120,6 +120,7 @@ impl DiffMae {
             model: self,
             ctx,
             masking,
+            shards: None,
         }
     }
 }
@@ -133,6 +134,41 @@ pub struct ModelDenoiser<'a> {
     pub ctx: &'a Encoded,
     /// Which patches are masked.
     pub masking: &'a TokenMask,
+    /// `Some`: each decode is split over these CPU thread groups (see [`ModelDenoiser::sharded`]).
+    pub shards: Option<&'a DataParallel>,
+}
+
+impl<'a> ModelDenoiser<'a> {
+    /// Splits every decode over `shards` (on the CPU: parts of the batch decoded at once on
+    /// their own threads, then concatenated). The sampler's draws are untouched: it still sees
+    /// one batch.
+    pub fn sharded(self, shards: &'a DataParallel) -> Self {
+        Self {
+            shards: Some(shards),
+            ..self
+        }
+    }
+
+    fn decode(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
+        let n = self.ctx.batch_size();
+        // Inputs that do not match the context are left to the whole-batch decode to report.
+        let lm = self.masking.masked.dim(1)?;
+        let fits = t.len() == n && x_t.dims() == [n, lm, self.model.config.patch_dim()];
+        let Some(shards) = self.shards.filter(|s| s.shards() > 1 && n > 1 && fits) else {
+            return self.model.decode(self.ctx, x_t, self.masking, t);
+        };
+        let parts = shards.map(n, |r| {
+            let (s, l) = (r.start, r.len());
+            self.model.decode(
+                &self.ctx.narrow(s, l)?,
+                &x_t.narrow(0, s, l)?,
+                &self.masking.narrow(s, l)?,
+                &t[r],
+            )
+        });
+        let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
 }
 
 impl Denoiser for ModelDenoiser<'_> {
@@ -140,8 +176,7 @@ impl Denoiser for ModelDenoiser<'_> {
     /// step's `x_t` would hold the autograd graph of all earlier steps alive (memory growing
     /// with the step count; the first 50-step DDIM run on CPU took twice as long as later ones).
     fn predict_x0(&mut self, x_t: &Tensor, t: &[usize]) -> dmae_diffusion::Result<Tensor> {
-        self.model
-            .decode(self.ctx, x_t, self.masking, t)
+        self.decode(x_t, t)
             .map(|x0| x0.detach())
             .map_err(dmae_diffusion::Error::denoiser)
     }

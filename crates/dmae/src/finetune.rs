@@ -191,7 +191,7 @@ fn evaluate(c: &Classifier, loader: &Loader, device: &Device) -> Result<(f64, f6
 
 /// Runs `dmae finetune`.
 pub fn run(args: Args) -> Result<()> {
-    crate::train::set_threads(args.threads)?;
+    let threads = crate::train::set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
     let probe = args.linear_probe;
     let spec: DataSpec = args.data.parse()?;
@@ -310,6 +310,8 @@ pub fn run(args: Args) -> Result<()> {
         dir.display()
     );
 
+    // On the CPU each batch is split over thread groups (dmae_core::DataParallel).
+    let shards = dmae_core::DataParallel::for_device(&device, threads, args.batch_size as usize)?;
     let interrupted = crate::train::interrupt_flag();
     let mut metrics = MetricsLog::open(&dir)?;
     let progress = Progress::new(0, total);
@@ -333,9 +335,19 @@ pub fn run(args: Args) -> Result<()> {
         let labels = batch.labels.to_device(&device)?;
         // Drop path draws from (seed, step): reproducible, different every step.
         let dp_seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step;
-        let out = logits(&classifier, &images, probe, Some(dp_seed))?;
-        let loss = cross_entropy(&out, &labels, args.label_smoothing)?;
-        let grads = loss.backward()?;
+        let n = images.dim(0)?;
+        let (loss, grads) = shards.backward(n, &vars, |r| {
+            // Each shard draws its own drop-path masks (keyed by its first sample): the same
+            // --threads and --batch-size reproduce a run.
+            let seed = dp_seed ^ (r.start as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let (images, labels) = (
+                images.narrow(0, r.start, r.len())?,
+                labels.narrow(0, r.start, r.len())?,
+            );
+            let out = logits(&classifier, &images, probe, Some(seed))
+                .map_err(candle_core::Error::wrap)?;
+            cross_entropy(&out, &labels, args.label_smoothing)
+        })?;
         opt.step(&grads)?;
         step += 1;
         pending.push(step, loss);

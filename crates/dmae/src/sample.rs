@@ -315,8 +315,10 @@ pub fn inpaint(
     let masking = TokenMask::from(mask);
     let ctx = model.encode(&x0_v, &masking)?;
     let sampler = sampler.clone().with_trajectory(trajectory);
-    let mut den = model.denoiser(&ctx, &masking);
     let (dev, dtype) = (images.device(), x0_m.dtype());
+    // On the CPU each decode is split over thread groups (dmae_core::DataParallel).
+    let shards = dmae_core::DataParallel::for_device(dev, rayon::current_num_threads(), n)?;
+    let mut den = model.denoiser(&ctx, &masking).sharded(&shards);
     let out = if config.norm_pix_loss {
         // Display only: per-patch normalised predictions de-normalised with the true patch's
         // mean and (unbiased) variance, MAE's eps 1e-6 (module docs).

@@ -357,15 +357,15 @@ impl TrainSettings {
 }
 
 /// Sets the worker threads of rayon and of candle's CPU pool (both read `RAYON_NUM_THREADS`).
-/// Called before any tensor work.
-pub fn set_threads(threads: Option<u64>) -> Result<()> {
+/// Called before any tensor work; returns the thread count in effect.
+pub fn set_threads(threads: Option<u64>) -> Result<usize> {
     if let Some(n) = threads {
         let got = dmae_core::configure_threads(Some(n as usize));
         if got != n as usize {
             bail!("--threads {n}: the thread pool was already running with {got} threads");
         }
     }
-    Ok(())
+    Ok(rayon::current_num_threads())
 }
 
 /// Installs the Ctrl-C handler: the first press asks the loop to stop after the current step
@@ -581,7 +581,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => anyhow::anyhow!("--config {}: {e}", p.display()),
         None => anyhow::anyhow!("--{e}"),
     })?;
-    set_threads(s.threads)?;
+    let threads = set_threads(s.threads)?;
     let config = s.model_config(&file)?;
     let device = parse_device(&s.device)?;
     let compute = match (s.dtype.as_str(), &device) {
@@ -735,6 +735,8 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::anyhow!("non-finite loss at step {at}; last good checkpoint: {good}")
     };
     let run_model = work.as_ref().unwrap_or(&model);
+    // On the CPU each micro-batch is split over thread groups (dmae_core::DataParallel).
+    let shards = dmae_core::DataParallel::for_device(&device, threads, s.batch_size as usize)?;
     let work_vars: Vec<Var> = run_model
         .named_params()
         .iter()
@@ -749,14 +751,9 @@ pub fn run(args: Args) -> Result<()> {
         for _ in 0..accum {
             let batch = data.next()?;
             let images = batch.images.to_device(&device)?.to_dtype(compute)?;
-            let out = pre.step(run_model, &images, RngKey::new(s.seed, micro))?;
+            let (loss, mut g) =
+                pre.backward(run_model, &images, RngKey::new(s.seed, micro), &shards)?;
             micro += 1;
-            let loss = if accum > 1 {
-                (&out.loss / accum as f64)?
-            } else {
-                out.loss
-            };
-            let mut g = loss.backward()?;
             if work.is_some() {
                 // bf16 gradients -> f32, keyed by the master weights AdamW updates.
                 for (w, m) in work_vars.iter().zip(&master_vars) {
@@ -779,6 +776,12 @@ pub fn run(args: Args) -> Result<()> {
             });
         }
         let mut grads = grads.context("no micro-batch")?;
+        if accum > 1 {
+            // The mean over all accumulated micro-batches.
+            let f = Tensor::new(1.0 / accum as f32, &device)?;
+            schedule::scale_grads(&mut grads, &master_vars, &f)?;
+            loss_sum = loss_sum.map(|l| l / accum as f64).transpose()?;
+        }
         if let Some(c) = s.clip_grad {
             let norm = schedule::global_grad_norm(&grads, &master_vars)?;
             let f = schedule::clip_factor(&norm, c)?;
