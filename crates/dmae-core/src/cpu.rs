@@ -21,6 +21,9 @@ pub(crate) trait Real:
     /// f32; GELU multiplies it by x/2, so its error stays at f32 rounding level), vectorisable; f64 uses
     /// candle's libm port.
     fn erf_fast(self) -> Self;
+    /// `(erf(x), exp(-x²))` together: the f32 `erf` computes that `exp` anyway, and GELU's
+    /// derivative needs it (`φ(x) ∝ exp(-x²/2)`).
+    fn erf_and_gauss(self) -> (Self, Self);
 }
 
 impl Real for f32 {
@@ -30,6 +33,10 @@ impl Real for f32 {
     }
     #[inline(always)]
     fn erf_fast(self) -> Self {
+        erf_f32(self).0
+    }
+    #[inline(always)]
+    fn erf_and_gauss(self) -> (Self, Self) {
         erf_f32(self)
     }
 }
@@ -42,6 +49,10 @@ impl Real for f64 {
     #[inline(always)]
     fn erf_fast(self) -> Self {
         candle_core::cpu::erf::erf_f64(self)
+    }
+    #[inline(always)]
+    fn erf_and_gauss(self) -> (Self, Self) {
+        (self.erf_fast(), (-self * self).exp())
     }
 }
 
@@ -70,25 +81,24 @@ fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// `(erf(x), exp(-x²))`.
 #[inline(always)]
-fn erf_f32(x: f32) -> f32 {
+fn erf_f32(x: f32) -> (f32, f32) {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let gauss = exp_f32(-a * a);
     let y = 1.0
         - ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t
             + 0.254_829_6)
             * t
-            * exp_f32(-a * a);
+            * gauss;
     // Near zero the formula above is 1 minus almost 1; the Taylor series keeps relative accuracy.
     let x2 = x * x;
     let series = x
         * (std::f32::consts::FRAC_2_SQRT_PI
             + x2 * (-0.376_126_4 + x2 * (0.112_837_92 + x2 * (-0.026_866_17 + x2 * 0.005_223_93))));
-    if a < 0.3 {
-        series
-    } else {
-        y.copysign(x)
-    }
+    let erf = if a < 0.3 { series } else { y.copysign(x) };
+    (erf, gauss)
 }
 
 /// Converts an `f64` constant to the kernel's float type.
@@ -157,6 +167,30 @@ pub(crate) fn axpy<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
     for i in 0..n {
         y[i] += alpha * x[i];
     }
+}
+
+multiversion! {
+    fn mul_chunk<T: Real>(a: &[T], b: &[T], out: &mut [std::mem::MaybeUninit<T>]) {
+        let (b, out) = (&b[..a.len()], &mut out[..a.len()]);
+        for i in 0..a.len() {
+            out[i].write(a[i] * b[i]);
+        }
+    }
+}
+
+/// `a ⊙ b` into a new vector (each element written once, in parallel chunks).
+pub(crate) fn mul_new<T: Real>(a: &[T], b: &[T]) -> Vec<T> {
+    use rayon::prelude::*;
+    assert_eq!(a.len(), b.len(), "mul_new: lengths");
+    const CHUNK: usize = 16 * 1024;
+    let mut out = Vec::with_capacity(a.len());
+    out.spare_capacity_mut()[..a.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| mul_chunk(a, b, o));
+    // SAFETY: the chunks cover the first a.len() slots and mul_chunk writes each of them.
+    unsafe { out.set_len(a.len()) };
+    out
 }
 
 /// A strided matrix inside a slice: element `(r, c)` is at `offset + r * rs + c * cs`.
@@ -467,7 +501,7 @@ mod tests {
             worst_exp = worst_exp.max(e);
             let y = (-6.0 + 12.0 * i as f64 / 200_000.0) as f32 as f64;
             let want = candle_core::cpu::erf::erf_f64(y);
-            worst_erf = worst_erf.max((erf_f32(y as f32) as f64 - want).abs());
+            worst_erf = worst_erf.max((erf_f32(y as f32).0 as f64 - want).abs());
         }
         assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
         assert!(worst_erf < 1e-6, "erf absolute error {worst_erf:e}");
@@ -476,7 +510,7 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
         assert!(exp_f32(f32::NAN).is_nan());
         assert_eq!(exp_f32(f32::INFINITY), exp_f32(88.7));
-        assert_eq!(erf_f32(0.0), 0.0);
+        assert_eq!(erf_f32(0.0).0, 0.0);
     }
 
     #[test]

@@ -109,6 +109,73 @@ cpu::multiversion! {
     }
 }
 
+/// `(gelu(x), gelu'(x))`, sharing the transcendental part.
+#[inline(always)]
+fn value_and_derivative<T: Real>(kind: Gelu, x: T) -> (T, T) {
+    let half = cpu::c::<T>(0.5);
+    match kind {
+        Gelu::Erf => {
+            // erf(x/√2) and exp(-x²/2) from one exp.
+            let (erf, gauss) = (x * cpu::c(INV_SQRT_2)).erf_and_gauss();
+            let cdf = half * (T::one() + erf);
+            (x * cdf, cdf + x * cpu::c::<T>(INV_SQRT_2PI) * gauss)
+        }
+        Gelu::Tanh => {
+            let k = cpu::c::<T>(SQRT_2_OVER_PI);
+            let tc = cpu::c::<T>(TANH_C);
+            let t = tanh(k * (x + tc * x * x * x));
+            let d = half * (T::one() + t)
+                + half * x * (T::one() - t * t) * k * (T::one() + cpu::c::<T>(3.0) * tc * x * x);
+            (half * x * (T::one() + t), d)
+        }
+    }
+}
+
+cpu::multiversion! {
+    fn forward_with_grad_chunk<T: Real>(
+        kind: Gelu,
+        x: &[T],
+        y: &mut [MaybeUninit<T>],
+        d: &mut [MaybeUninit<T>],
+    ) {
+        let (y, d) = (&mut y[..x.len()], &mut d[..x.len()]);
+        match kind {
+            Gelu::Erf => {
+                for i in 0..x.len() {
+                    let (v, g) = value_and_derivative(Gelu::Erf, x[i]);
+                    y[i].write(v);
+                    d[i].write(g);
+                }
+            }
+            Gelu::Tanh => {
+                for i in 0..x.len() {
+                    let (v, g) = value_and_derivative(Gelu::Tanh, x[i]);
+                    y[i].write(v);
+                    d[i].write(g);
+                }
+            }
+        }
+    }
+}
+
+/// `(gelu(x), gelu'(x))` element-wise into two new vectors: a forward pass that keeps the
+/// derivative makes the backward a plain product (the exp and erf are paid once, not twice).
+pub(crate) fn forward_with_grad_new<T: Real>(kind: Gelu, x: &[T]) -> (Vec<T>, Vec<T>) {
+    let n = x.len();
+    let (mut y, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    y.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .zip(d.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|((y, d), x)| forward_with_grad_chunk(kind, x, y, d));
+    // SAFETY: the chunks cover the first n slots of both vectors and every slot is written.
+    unsafe {
+        y.set_len(n);
+        d.set_len(n);
+    }
+    (y, d)
+}
+
 /// `gelu(x)` element-wise into a new vector (each element written once, in parallel chunks).
 pub(crate) fn forward_new<T: Real>(kind: Gelu, x: &[T]) -> Vec<T> {
     let mut y = Vec::with_capacity(x.len());

@@ -98,7 +98,7 @@ fn linear_act(
         d_out,
         out_shape: Shape::from(out_dims),
         act,
-        pre_activation: Mutex::new(None),
+        act_grad: Mutex::new(None),
     };
     // Without a bias, a constant zero bias keeps one op (its gradient is computed and dropped).
     let b = match bias {
@@ -114,9 +114,9 @@ struct Linear {
     d_out: usize,
     out_shape: Shape,
     act: Option<Gelu>,
-    /// With an activation, `x Wᵀ + b` saved by the forward pass for the backward (the output is
-    /// the activation's, and GELU cannot be inverted).
-    pre_activation: Mutex<Option<Tensor>>,
+    /// With an activation, its derivative at `x Wᵀ + b`, saved by the forward pass (which
+    /// computes it beside the value for little extra work) so that the backward is one product.
+    act_grad: Mutex<Option<Tensor>>,
 }
 
 /// Forward: the bias written into every row, then `+= x Wᵀ`.
@@ -211,9 +211,9 @@ impl CustomOp3 for Linear {
             let h = forward(op, x, w, b);
             Ok(T::to_cpu_storage_owned(match op.act {
                 Some(kind) => {
-                    let y = gelu::forward_new(kind, &h);
-                    let mut saved = op.pre_activation.lock().unwrap_or_else(|e| e.into_inner());
-                    *saved = Some(cpu::tensor(h, op.out_shape.clone()));
+                    let (y, d) = gelu::forward_with_grad_new(kind, &h);
+                    let mut saved = op.act_grad.lock().unwrap_or_else(|e| e.into_inner());
+                    *saved = Some(cpu::tensor(d, op.out_shape.clone()));
                     y
                 }
                 None => h,
@@ -232,15 +232,14 @@ impl CustomOp3 for Linear {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let pre = match self.act {
+        let act_grad = match self.act {
             Some(_) => {
-                let saved = self
-                    .pre_activation
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let saved = self.act_grad.lock().unwrap_or_else(|e| e.into_inner());
                 match saved.as_ref() {
                     Some(t) => Some(t.clone()),
-                    None => candle_core::bail!("{OP}: internal error: no saved pre-activation"),
+                    None => {
+                        candle_core::bail!("{OP}: internal error: no saved activation gradient")
+                    }
                 }
             }
             None => None,
@@ -248,7 +247,7 @@ impl CustomOp3 for Linear {
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (gs, gl) = dy.storage_and_layout();
-        let pre = pre.as_ref().map(|p| p.storage_and_layout());
+        let act_grad = act_grad.as_ref().map(|p| p.storage_and_layout());
         let [dx, dw, db] = match (&*xs, &*ws, &*gs) {
             (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) => {
                 fn run<T: Real>(
@@ -256,15 +255,15 @@ impl CustomOp3 for Linear {
                     x: (&CpuStorage, &Layout),
                     w: (&CpuStorage, &Layout),
                     g: (&CpuStorage, &Layout),
-                    pre: Option<(&CpuStorage, &Layout)>,
+                    act_grad: Option<(&CpuStorage, &Layout)>,
                 ) -> candle_core::Result<[Tensor; 3]> {
                     let xv = cpu::slice::<T>(x.0, x.1, OP)?;
                     let wv = cpu::slice::<T>(w.0, w.1, OP)?;
                     let gv = cpu::slice::<T>(g.0, g.1, OP)?;
-                    let [dx, dw, db] = match (op.act, pre) {
-                        (Some(kind), Some((ps, pl))) => {
-                            let h = cpu::slice::<T>(ps, pl, OP)?;
-                            backward(op, xv, wv, &gelu::backward_new(kind, h, gv))
+                    let [dx, dw, db] = match (op.act, act_grad) {
+                        (Some(_), Some((ps, pl))) => {
+                            let d = cpu::slice::<T>(ps, pl, OP)?;
+                            backward(op, xv, wv, &cpu::mul_new(d, gv))
                         }
                         _ => backward(op, xv, wv, gv),
                     };
@@ -274,14 +273,14 @@ impl CustomOp3 for Linear {
                         cpu::tensor(db, op.d_out),
                     ])
                 }
-                let pre = match &pre {
+                let act_grad = match &act_grad {
                     Some((s, l)) => match &**s {
                         Storage::Cpu(s) => Some((s, *l)),
-                        _ => candle_core::bail!("{OP}: saved pre-activation off the CPU"),
+                        _ => candle_core::bail!("{OP}: saved activation gradient off the CPU"),
                     },
                     None => None,
                 };
-                cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl), pre))?
+                cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl), act_grad))?
             }
             _ => candle_core::bail!("{OP}: the fused op runs on the CPU only"),
         };

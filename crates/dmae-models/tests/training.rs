@@ -312,3 +312,63 @@ fn video_tubelets_train_and_classify() {
         .unwrap();
     assert_eq!(flat, dmae_models::embed::sincos_2d(4, 4, 32, true));
 }
+
+/// A decode split over CPU shards gives the whole batch's prediction, for every decoder kind,
+/// with and without the K/V cache, and the sampler's output does not depend on the split.
+#[test]
+fn sharded_decode_equals_the_whole_batch() {
+    use dmae_diffusion::Denoiser;
+    let dev = Device::Cpu;
+    for (kind, source) in [
+        (
+            dmae_models::DecoderKind::CrossSelf,
+            dmae_models::CrossSource::TopDown,
+        ),
+        (
+            dmae_models::DecoderKind::Cross,
+            dmae_models::CrossSource::Last,
+        ),
+        (
+            dmae_models::DecoderKind::Joint,
+            dmae_models::CrossSource::Last,
+        ),
+    ] {
+        let cfg = common::tiny(kind, source);
+        let model = DiffMae::new(cfg.clone(), 5, &dev).unwrap();
+        let n = 5;
+        let imgs = common::images(n, &cfg, &dev);
+        let patches = dmae_core::patchify(&imgs, cfg.patch_size).unwrap();
+        let (rows, cols) = cfg.grid();
+        let mask = MaskStrategy::random(0.75)
+            .unwrap()
+            .sample(PatchGrid::new(rows, cols), n, RngKey::new(3, 0), &dev)
+            .unwrap();
+        let masking = TokenMask::from(&mask);
+        let (x0_v, x0_m) = mask.split(&patches).unwrap();
+        let ctx = model.encode(&x0_v, &masking).unwrap();
+        let x_t = Tensor::randn(0f32, 1., x0_m.dims(), &dev).unwrap();
+        let t = [999, 500, 3, 250, 0];
+        let whole = model.denoiser(&ctx, &masking).predict_x0(&x_t, &t).unwrap();
+        let shards = dmae_core::DataParallel::new(3, 48).unwrap();
+        for c in [ctx.clone(), ctx.without_cache()] {
+            let mut den = model.denoiser(&c, &masking).sharded(&shards);
+            let split = den.predict_x0(&x_t, &t).unwrap();
+            let err = (split - &whole)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(err <= 1e-5, "{kind:?}: {err}");
+        }
+        // A wrong x_t is still reported, not split.
+        let bad = Tensor::zeros((n, 3, cfg.patch_dim()), DType::F32, &dev).unwrap();
+        assert!(model
+            .denoiser(&ctx, &masking)
+            .sharded(&shards)
+            .predict_x0(&bad, &t)
+            .is_err());
+    }
+}
