@@ -218,7 +218,7 @@ cpu::multiversion! {
                 row.fill(T::neg_infinity());
             } else {
                 for j in 0..lk {
-                    row[j] = row[j] - max;
+                    row[j] -= max;
                 }
             }
         }

@@ -12,6 +12,7 @@ pub(crate) trait Real:
     + Sync
     + std::iter::Sum
     + std::ops::AddAssign
+    + std::ops::SubAssign
     + std::ops::MulAssign
 {
     /// `exp`. For f32 a branch-free polynomial (Cephes `expf`, ~1 ulp) that the compiler vectorises,
