@@ -177,7 +177,7 @@ pub(crate) fn forward_with_grad_new<T: Real>(kind: Gelu, x: &[T]) -> (Vec<T>, Ve
 }
 
 /// `gelu(x)` element-wise into a new vector (each element written once, in parallel chunks).
-pub(crate) fn forward_new<T: Real>(kind: Gelu, x: &[T]) -> Vec<T> {
+fn forward_new<T: Real>(kind: Gelu, x: &[T]) -> Vec<T> {
     let mut y = Vec::with_capacity(x.len());
     y.spare_capacity_mut()[..x.len()]
         .par_chunks_mut(CHUNK)
@@ -190,7 +190,7 @@ pub(crate) fn forward_new<T: Real>(kind: Gelu, x: &[T]) -> Vec<T> {
 }
 
 /// `dy · gelu'(x)` element-wise into a new vector; `dy` has `x`'s length.
-pub(crate) fn backward_new<T: Real>(kind: Gelu, x: &[T], dy: &[T]) -> Vec<T> {
+fn backward_new<T: Real>(kind: Gelu, x: &[T], dy: &[T]) -> Vec<T> {
     assert_eq!(x.len(), dy.len(), "gelu backward: gradient length");
     let mut dx = Vec::with_capacity(x.len());
     dx.spare_capacity_mut()[..x.len()]

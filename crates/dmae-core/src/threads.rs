@@ -16,6 +16,10 @@
 //! Both pools read their settings from the environment when first used, which is why
 //! [`configure_threads`] must run before any tensor op.
 //!
+//! The training and sampling loops go one step further and split each batch over thread groups
+//! ([`crate::DataParallel`]): with one shard per core, every op of a shard runs on its own thread
+//! and nothing waits until the gradients are summed.
+//!
 //! The allocator: every candle op returns a fresh buffer, and glibc serves buffers over 128 KiB
 //! with `mmap` and returns them with `munmap` on free, so each step's activations and gradients
 //! were new pages, zeroed by the kernel on first touch (page faults were ~15% of a sampling
