@@ -12,6 +12,10 @@
 //! In MAE mode ([`ModelConfig::into_mae`]) the decoder reads a mask token instead of `x_t`, so
 //! no noise is drawn. Every draw comes from `(key, sample index)`, so a step is reproducible
 //! from `(seed, step)` alone, whatever the batch split or thread count.
+//!
+//! Training calls [`Pretraining::backward`]: [`Pretraining::draw`] for the whole batch, then
+//! [`Pretraining::loss_on`] and its backward pass per shard of a [`DataParallel`] split, on the
+//! shards' own threads, with the gradients summed.
 
 use std::ops::Range;
 

@@ -762,7 +762,7 @@ pub fn run(args: Args) -> Result<()> {
                     }
                 }
             }
-            let l = loss.detach().to_dtype(DType::F32)?;
+            let l = loss.to_dtype(DType::F32)?;
             loss_sum = Some(match loss_sum {
                 Some(acc) => (acc + l)?,
                 None => l,
