@@ -223,6 +223,38 @@ fn resumed_run_reproduces_the_uninterrupted_losses_exactly() {
     assert_eq!(e.status.code(), Some(1));
 }
 
+/// `--threads` sizes the thread pool (it used to fail whenever it differed from the core count),
+/// and the batch split it implies (one shard of 32 vs two of 16) leaves the losses the same up
+/// to float rounding.
+#[test]
+fn threads_flag_works_and_the_split_does_not_change_the_losses() {
+    let root = tmp("threads");
+    let cfg = small_config(&root);
+    let run = |threads: &str| {
+        let out = root.join(format!("t{threads}"));
+        let args = [
+            "train",
+            "--config",
+            s(&cfg),
+            "--steps",
+            "4",
+            "--log-every",
+            "1",
+        ];
+        ok(&[&args[..], &["--threads", threads, "--out", s(&out)]].concat());
+        losses(&out)
+    };
+    let (one, two) = (run("1"), run("2"));
+    assert_eq!(one.len(), 4);
+    for ((s1, l1), (s2, l2)) in one.iter().zip(&two) {
+        assert_eq!(s1, s2);
+        assert!(
+            (l1 - l2).abs() <= 1e-4 * l1.abs(),
+            "step {s1}: {l1} vs {l2}"
+        );
+    }
+}
+
 #[test]
 fn killing_the_process_mid_checkpoint_never_leaves_a_corrupt_file() {
     let root = tmp("kill");

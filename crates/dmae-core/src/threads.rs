@@ -40,8 +40,10 @@ pub const DEFAULT_SPIN_LIMIT: u32 = 200;
 /// - sets `CANDLE_NUM_THREADS=1` (candle's element-wise ops on the calling thread, no barrier) and
 ///   `CANDLE_BARRIER_POOL_SPIN_LIMIT` to [`DEFAULT_SPIN_LIMIT`], each unless the user set it.
 ///
-/// Returns the thread count in effect. If rayon's global pool was already built (some op ran
-/// first), its size cannot change any more; the call then still returns the count in effect.
+/// Returns the thread count in effect (with `None`: the count the pool will start with). A call
+/// with `None` does not start rayon's global pool, so a later call with `Some(n)` (a `--threads`
+/// flag parsed after the early `None` call) still sizes it. Once the pool runs (some op ran
+/// first), its size cannot change any more; the call then returns the count in effect.
 pub fn configure_threads(threads: Option<usize>) -> usize {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
@@ -53,14 +55,30 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
         );
     }
     keep_freed_memory();
-    if let Some(n) = threads.filter(|&n| n > 0) {
-        // candle sizes its barrier pool and gemm's parallelism from RAYON_NUM_THREADS.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+    match threads.filter(|&n| n > 0) {
+        Some(n) => {
+            // candle sizes its barrier pool and gemm's parallelism from RAYON_NUM_THREADS.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
+            rayon::current_num_threads()
+        }
+        // Without a count, leave rayon's global pool unbuilt (asking it for its size would start
+        // it with the default), so that a later call with `Some(n)` can still size it.
+        None => planned_threads(),
     }
-    rayon::current_num_threads()
+}
+
+/// The size rayon's global pool gets when it starts with its defaults: `RAYON_NUM_THREADS` if set
+/// to a positive number, else the available parallelism.
+fn planned_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
 }
 
 /// Makes glibc's malloc keep freed buffers up to 32 MiB for reuse instead of unmapping them (see
