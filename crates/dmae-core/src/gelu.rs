@@ -40,36 +40,16 @@ fn tanh<T: Real>(u: T) -> T {
     T::one() - cpu::c::<T>(2.0) / ((u + u).exp_fast() + T::one())
 }
 
+/// `gelu(x)` (the derivative half of [`value_and_derivative`] is dead code here and optimised out).
 #[inline(always)]
 fn value<T: Real>(kind: Gelu, x: T) -> T {
-    let half = cpu::c::<T>(0.5);
-    match kind {
-        Gelu::Erf => half * x * (T::one() + (x * cpu::c(INV_SQRT_2)).erf_fast()),
-        Gelu::Tanh => {
-            let u = cpu::c::<T>(SQRT_2_OVER_PI) * (x + cpu::c::<T>(TANH_C) * x * x * x);
-            half * x * (T::one() + tanh(u))
-        }
-    }
+    value_and_derivative(kind, x).0
 }
 
-/// d gelu / dx.
+/// `d gelu / dx`.
 #[inline(always)]
 fn derivative<T: Real>(kind: Gelu, x: T) -> T {
-    let half = cpu::c::<T>(0.5);
-    match kind {
-        // Phi(x) + x * phi(x)
-        Gelu::Erf => {
-            half * (T::one() + (x * cpu::c(INV_SQRT_2)).erf_fast())
-                + x * cpu::c::<T>(INV_SQRT_2PI) * (-half * x * x).exp_fast()
-        }
-        Gelu::Tanh => {
-            let k = cpu::c::<T>(SQRT_2_OVER_PI);
-            let tc = cpu::c::<T>(TANH_C);
-            let t = tanh(k * (x + tc * x * x * x));
-            half * (T::one() + t)
-                + half * x * (T::one() - t * t) * k * (T::one() + cpu::c::<T>(3.0) * tc * x * x)
-        }
-    }
+    value_and_derivative(kind, x).1
 }
 
 cpu::multiversion! {

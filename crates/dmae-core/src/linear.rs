@@ -116,7 +116,7 @@ struct Linear {
     act: Option<Gelu>,
     /// With an activation, its derivative at `x Wᵀ + b`, saved by the forward pass (which
     /// computes it beside the value for little extra work) so that the backward is one product.
-    act_grad: Mutex<Option<Tensor>>,
+    act_grad: Mutex<Option<CpuStorage>>,
 }
 
 /// Forward: the bias written into every row, then `+= x Wᵀ`.
@@ -213,7 +213,7 @@ impl CustomOp3 for Linear {
                 Some(kind) => {
                     let (y, d) = gelu::forward_with_grad_new(kind, &h);
                     let mut saved = op.act_grad.lock().unwrap_or_else(|e| e.into_inner());
-                    *saved = Some(cpu::tensor(d, op.out_shape.clone()));
+                    *saved = Some(T::to_cpu_storage_owned(d));
                     y
                 }
                 None => h,
@@ -232,22 +232,13 @@ impl CustomOp3 for Linear {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let act_grad = match self.act {
-            Some(_) => {
-                let saved = self.act_grad.lock().unwrap_or_else(|e| e.into_inner());
-                match saved.as_ref() {
-                    Some(t) => Some(t.clone()),
-                    None => {
-                        candle_core::bail!("{OP}: internal error: no saved activation gradient")
-                    }
-                }
-            }
-            None => None,
-        };
+        let saved = self.act_grad.lock().unwrap_or_else(|e| e.into_inner());
+        if self.act.is_some() && saved.is_none() {
+            candle_core::bail!("{OP}: internal error: no saved activation gradient");
+        }
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (gs, gl) = dy.storage_and_layout();
-        let act_grad = act_grad.as_ref().map(|p| p.storage_and_layout());
         let [dx, dw, db] = match (&*xs, &*ws, &*gs) {
             (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) => {
                 fn run<T: Real>(
@@ -255,17 +246,17 @@ impl CustomOp3 for Linear {
                     x: (&CpuStorage, &Layout),
                     w: (&CpuStorage, &Layout),
                     g: (&CpuStorage, &Layout),
-                    act_grad: Option<(&CpuStorage, &Layout)>,
+                    act_grad: Option<&CpuStorage>,
                 ) -> candle_core::Result<[Tensor; 3]> {
                     let xv = cpu::slice::<T>(x.0, x.1, OP)?;
                     let wv = cpu::slice::<T>(w.0, w.1, OP)?;
                     let gv = cpu::slice::<T>(g.0, g.1, OP)?;
-                    let [dx, dw, db] = match (op.act, act_grad) {
-                        (Some(_), Some((ps, pl))) => {
-                            let d = cpu::slice::<T>(ps, pl, OP)?;
-                            backward(op, xv, wv, &cpu::mul_new(d, gv))
+                    let [dx, dw, db] = match act_grad {
+                        // dy · gelu'(x Wᵀ + b), then the linear's own backward.
+                        Some(d) => {
+                            backward(op, xv, wv, &cpu::mul_new(T::cpu_storage_as_slice(d)?, gv))
                         }
-                        _ => backward(op, xv, wv, gv),
+                        None => backward(op, xv, wv, gv),
                     };
                     Ok([
                         cpu::tensor(dx, x.1.shape()),
@@ -273,13 +264,7 @@ impl CustomOp3 for Linear {
                         cpu::tensor(db, op.d_out),
                     ])
                 }
-                let act_grad = match &act_grad {
-                    Some((s, l)) => match &**s {
-                        Storage::Cpu(s) => Some((s, *l)),
-                        _ => candle_core::bail!("{OP}: saved activation gradient off the CPU"),
-                    },
-                    None => None,
-                };
+                let act_grad = saved.as_ref();
                 cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl), act_grad))?
             }
             _ => candle_core::bail!("{OP}: the fused op runs on the CPU only"),
