@@ -18,12 +18,10 @@ pub(crate) trait Real:
     /// `exp`. For f32 a branch-free polynomial (Cephes `expf`, ~1 ulp) that the compiler vectorises,
     /// with `exp(x) = 0` below -87.3 so that `-inf` logits give exact zeros; f64 uses libm.
     fn exp_fast(self) -> Self;
-    /// `erf`. For f32 Abramowitz & Stegun 7.1.26 (1.5e-7 in exact arithmetic, < 1e-6 evaluated in
-    /// f32; GELU multiplies it by x/2, so its error stays at f32 rounding level), vectorisable; f64 uses
-    /// candle's libm port.
-    fn erf_fast(self) -> Self;
     /// `(erf(x), exp(-x²))` together: the f32 `erf` computes that `exp` anyway, and GELU's
-    /// derivative needs it (`φ(x) ∝ exp(-x²/2)`).
+    /// derivative needs it (`φ(x) ∝ exp(-x²/2)`). For f32 `erf` is Abramowitz & Stegun 7.1.26
+    /// (1.5e-7 in exact arithmetic, < 1e-6 evaluated in f32; GELU multiplies it by x/2, so its error
+    /// stays at f32 rounding level), vectorisable; f64 uses candle's libm port and libm `exp`.
     fn erf_and_gauss(self) -> (Self, Self);
 }
 
@@ -31,10 +29,6 @@ impl Real for f32 {
     #[inline(always)]
     fn exp_fast(self) -> Self {
         exp_f32(self)
-    }
-    #[inline(always)]
-    fn erf_fast(self) -> Self {
-        erf_f32(self).0
     }
     #[inline(always)]
     fn erf_and_gauss(self) -> (Self, Self) {
@@ -48,12 +42,8 @@ impl Real for f64 {
         self.exp()
     }
     #[inline(always)]
-    fn erf_fast(self) -> Self {
-        candle_core::cpu::erf::erf_f64(self)
-    }
-    #[inline(always)]
     fn erf_and_gauss(self) -> (Self, Self) {
-        (self.erf_fast(), (-self * self).exp())
+        (candle_core::cpu::erf::erf_f64(self), (-self * self).exp())
     }
 }
 
