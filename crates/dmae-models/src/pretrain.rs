@@ -304,20 +304,14 @@ mod tests {
                 (l - l1).abs() < 1e-6 * l1.abs(),
                 "{threads}: loss {l} vs {l1}"
             );
+            let max_abs = |t: Tensor| t.abs()?.max_all()?.to_scalar::<f32>();
             for param in model.named_params() {
                 let (a, b) = (
                     g.get(param.var.as_tensor()).unwrap(),
                     g1.get(param.var.as_tensor()).unwrap(),
                 );
-                let scale = b
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-                let d = d.to_scalar::<f32>().unwrap();
+                let scale = max_abs(b.clone()).unwrap();
+                let d = max_abs((a - b).unwrap()).unwrap();
                 assert!(
                     d <= 1e-4 * scale.max(1e-6),
                     "{threads}: {}: {d} vs {scale}",

@@ -25,15 +25,10 @@ fn classifier_gradients_groups_and_drop_path() {
             .iter()
             .find(|p| p.name == "encoder.blocks.2.mlp.fc1.weight")
             .unwrap();
-        let d = (a.var.as_tensor() - b.var.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(d, 0.0);
+        assert_eq!(
+            common::max_abs_diff(a.var.as_tensor(), b.var.as_tensor()),
+            0.0
+        );
         let logits = clf.forward(&imgs, Some(7)).unwrap();
         assert_eq!(logits.dims(), &[4, 5]);
         let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
@@ -51,16 +46,7 @@ fn classifier_gradients_groups_and_drop_path() {
         let again = clf.forward(&imgs, Some(7)).unwrap();
         let other = clf.forward(&imgs, Some(8)).unwrap();
         let eval = clf.forward(&imgs, None).unwrap();
-        let diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = common::max_abs_diff;
         assert_eq!(diff(&logits, &again), 0.0);
         assert!(diff(&logits, &other) > 0.0 || diff(&logits, &eval) > 0.0);
         let groups = clf.param_groups(0.05, 0.75);

@@ -116,14 +116,7 @@ fn cached_kv_decode_equals_uncached() {
         let b = model
             .decode(&ctx.without_cache(), &x0_m, &masking, &[10, 500])
             .unwrap();
-        let err = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = common::max_abs_diff(&a, &b);
         assert!(err <= 1e-5, "{:?}: {err}", cfg.decoder.kind);
     }
 }
@@ -197,14 +190,7 @@ fn checkpoint_round_trip_and_errors() {
         assert_eq!(back.config(), &cfg);
         for (a, b) in model.named_params().iter().zip(back.named_params()) {
             assert_eq!(a.name, b.name);
-            let d = (a.var.as_tensor() - b.var.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = common::max_abs_diff(a.var.as_tensor(), b.var.as_tensor());
             assert_eq!(d, 0.0, "{}", a.name);
         }
     }
@@ -353,14 +339,7 @@ fn sharded_decode_equals_the_whole_batch() {
         for c in [ctx.clone(), ctx.without_cache()] {
             let mut den = model.denoiser(&c, &masking).sharded(&shards);
             let split = den.predict_x0(&x_t, &t).unwrap();
-            let err = (split - &whole)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = common::max_abs_diff(&split, &whole);
             assert!(err <= 1e-5, "{kind:?}: {err}");
         }
         // A wrong x_t is still reported, not split.

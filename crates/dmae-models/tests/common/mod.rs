@@ -62,3 +62,15 @@ pub fn images(n: usize, c: &ModelConfig, dev: &Device) -> Tensor {
     }
     Tensor::from_vec(v, (n, ch, h, w), dev).unwrap()
 }
+
+/// `max |a − b|` over all elements (same shapes).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
