@@ -366,7 +366,11 @@ fn bad_input_gives_usage_or_one_line_runtime_errors() {
     let cfg = root.join("c.toml");
     std::fs::write(&cfg, "[train]\nbatch-size = 8\nlearning-rate = 1\n").unwrap();
     let e = dmae(&["train", "--config", s(&cfg)]);
-    assert_eq!(e.status.code(), Some(1));
+    assert_eq!(
+        e.status.code(),
+        Some(2),
+        "a key the user typed is a usage error"
+    );
     let line = one_error_line(&e);
     assert!(
         line.contains("learning-rate") && line.contains("c.toml"),
@@ -515,4 +519,65 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130_and_the_run_resumes() {
     let stop = (last + 2).to_string();
     ok(&["train", "--resume", "--out", s(&out), "--stop-at", &stop]);
     assert_eq!(losses(&out).last().unwrap().0, last + 2);
+}
+
+/// A model trained with a non-default noise schedule keeps it in its checkpoint, and `dmae
+/// sample` uses it from the checkpoint alone (DDPM visits every one of its T steps).
+#[test]
+fn the_noise_schedule_of_training_travels_to_sampling() {
+    let root = tmp("schedule");
+    let cfg = small_config(&root);
+    let out = root.join("run");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--noise-schedule",
+        "cosine",
+        "--timesteps",
+        "40",
+        "--rho",
+        "2",
+        "--steps",
+        "2",
+        "--sample-every",
+        "0",
+        "--out",
+        s(&out),
+    ]);
+    let ckpt = out.join("checkpoint.safetensors");
+    let m = DiffMae::load(&ckpt, &Device::Cpu).unwrap();
+    let d = &m.config().diffusion;
+    assert_eq!(
+        (d.schedule, d.timesteps, d.rho),
+        (dmae_models::ScheduleKind::Cosine, 40, 2.0)
+    );
+    let toml = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        toml.contains("[model.diffusion]") && toml.contains("schedule = \"cosine\""),
+        "{toml}"
+    );
+    let samples = root.join("samples");
+    let o = ok(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--data",
+        "bundled",
+        "--count",
+        "2",
+        "--sampler",
+        "ddpm",
+        "--trajectory",
+        "--out",
+        s(&samples),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("ddpm 40 steps"), "{stdout}");
+    assert!(stdout.contains("t = [39,"), "{stdout}");
+    // A bad value in the model's diffusion table is a usage error naming the field.
+    std::fs::write(root.join("bad.toml"), "[model.diffusion]\ntimesteps = 0\n").unwrap();
+    let e = dmae(&["train", "--config", s(&root.join("bad.toml"))]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(one_error_line(&e).contains("diffusion.timesteps"));
 }

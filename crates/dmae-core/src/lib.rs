@@ -17,6 +17,8 @@
 //! | [`AdamW`] | `adamw` | fused AdamW step |
 //! | [`linear`], [`linear_gelu`] | `linear` | `x Wᵀ + b` (and `gelu(x Wᵀ + b)`) with its three gradients |
 //! | [`DataParallel`] | `data_parallel` | a batch split over CPU thread groups, gradients summed |
+//! | [`optim`] | `optim` | the recipe around AdamW: lr scaling and schedule, clipping, accumulation, EMA, f32 master weights |
+//! | [`rng`] | `rng` | keyed ChaCha8 streams behind every random draw of the workspace |
 //!
 //! [`reference`](mod@reference) holds the same functions composed from plain candle ops (the baseline of the tests
 //! and of `cargo xtask bench ops`), and [`gradcheck`] the finite-difference checker.
@@ -49,8 +51,10 @@ mod gelu;
 pub mod gradcheck;
 mod layer_norm;
 mod linear;
+pub mod optim;
 mod patch;
 pub mod reference;
+pub mod rng;
 mod softmax;
 #[cfg(test)]
 mod testutil;

@@ -90,6 +90,73 @@ pub fn diffuse(schedule: &NoiseSchedule, x0: &Tensor, key: RngKey) -> Result<Dif
     Ok(Diffused { t, noise, x_t })
 }
 
+/// What a denoiser's output means, and how it becomes the `x̂_0` a sampler steps with. The
+/// loss compares the output with [`Prediction::target`] of the same draw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
+pub enum Prediction {
+    /// The clean data `x̂_0` (DiffMAE's choice: the decoder regresses the masked pixels).
+    #[default]
+    X0,
+    /// The noise `ε̂` (Ho et al. 2020).
+    Eps,
+    /// The velocity `v = √ᾱ_t ε − √(1−ᾱ_t) x_0` (Salimans & Ho 2022).
+    V,
+}
+
+impl Prediction {
+    /// The regression target of one forward-process draw (`x0`, its `noise`, timesteps `t`):
+    /// `x_0`, `ε`, or `√ᾱ_t ε − √(1−ᾱ_t) x_0`.
+    pub fn target(
+        self,
+        schedule: &NoiseSchedule,
+        x0: &Tensor,
+        noise: &Tensor,
+        t: &[usize],
+    ) -> Result<Tensor> {
+        Ok(match self {
+            Prediction::X0 => x0.clone(),
+            Prediction::Eps => noise.clone(),
+            Prediction::V => {
+                check_batch("t", x0, t)?;
+                schedule.check_timesteps("t", t)?;
+                let (rank, dtype, dev) = (x0.rank(), x0.dtype(), x0.device());
+                let a = per_sample(schedule.sqrt_alpha_bar(), t, rank, dtype, dev)?;
+                let s = per_sample(schedule.sqrt_one_minus_alpha_bar(), t, rank, dtype, dev)?;
+                (noise.broadcast_mul(&a)? - x0.broadcast_mul(&s)?)?
+            }
+        })
+    }
+
+    /// `x̂_0` from a prediction `pred` made at `(x_t, t)`: `pred` itself (x0),
+    /// `(x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t` (eps; unstable where `ᾱ_t` is tiny, clamp afterwards), or
+    /// `√ᾱ_t x_t − √(1−ᾱ_t) v̂` (v).
+    pub fn to_x0(
+        self,
+        schedule: &NoiseSchedule,
+        x_t: &Tensor,
+        pred: &Tensor,
+        t: &[usize],
+    ) -> Result<Tensor> {
+        if self == Prediction::X0 {
+            return Ok(pred.clone());
+        }
+        check_batch("t", x_t, t)?;
+        schedule.check_timesteps("t", t)?;
+        let (rank, dtype, dev) = (x_t.rank(), x_t.dtype(), x_t.device());
+        let a = per_sample(schedule.sqrt_alpha_bar(), t, rank, dtype, dev)?;
+        let s = per_sample(schedule.sqrt_one_minus_alpha_bar(), t, rank, dtype, dev)?;
+        Ok(match self {
+            Prediction::Eps => (x_t - pred.broadcast_mul(&s)?)?.broadcast_div(&a)?,
+            _ => (x_t.broadcast_mul(&a)? - pred.broadcast_mul(&s)?)?,
+        })
+    }
+}
+
 pub(crate) fn check_batch(arg: &'static str, x: &Tensor, t: &[usize]) -> Result<()> {
     match x.dims().first() {
         Some(&n) if n == t.len() => Ok(()),

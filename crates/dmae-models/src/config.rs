@@ -13,6 +13,7 @@
 //! | [`ModelConfig::norm_eps`] | 1e-6 | MAE's LayerNorm eps (Hugging Face uses 1e-12) |
 //! | [`ModelConfig::norm_pix_loss`] | true | MAE's per-patch normalised target (choice) |
 
+use dmae_diffusion::{BetaSchedule, NoiseSchedule, Prediction, RhoTarget, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -70,6 +71,99 @@ impl Activation {
             Activation::Gelu => dmae_core::Gelu::Erf,
             Activation::GeluTanh => dmae_core::Gelu::Tanh,
         }
+    }
+}
+
+/// The base noise schedule (paper § "Noise schedule and sampling": linear and cosine).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// DDPM's linear betas from 1e-4 to 0.02 (Ho et al. 2020).
+    #[default]
+    Linear,
+    /// Nichol & Dhariwal's cosine ᾱ (s = 0.008, β clipped at 0.999).
+    Cosine,
+}
+
+/// How pixels in [0, 1] enter the diffusion process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataRange {
+    /// As they are, [0, 1] (the project's first recipe).
+    #[default]
+    Unit,
+    /// `2x − 1`, [−1, 1]: zero-mean data against unit-variance noise, as DDPM codebases do.
+    Symmetric,
+}
+
+impl DataRange {
+    /// `(scale, shift)` with `diffusion value = scale · pixel + shift`.
+    pub fn affine(self) -> (f64, f64) {
+        match self {
+            DataRange::Unit => (1.0, 0.0),
+            DataRange::Symmetric => (2.0, -1.0),
+        }
+    }
+
+    /// The interval pixels in [0, 1] map to (what samplers clamp `x̂_0` to).
+    pub fn bounds(self) -> (f64, f64) {
+        let (a, b) = self.affine();
+        (b, a + b)
+    }
+}
+
+/// The diffusion settings a model is trained and sampled with; stored with the model (in
+/// every checkpoint) so a sampler always uses the schedule the model learnt. Checkpoints
+/// written before these settings existed load with the defaults: linear, `T = 1000`, ρ = 1 on
+/// ᾱ, x0 prediction, [0, 1] pixels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// Base schedule.
+    pub schedule: ScheduleKind,
+    /// Number of diffusion steps `T`.
+    pub timesteps: usize,
+    /// The paper's noise exponent ρ (1 leaves the base schedule unchanged).
+    pub rho: f64,
+    /// What ρ raises: `alpha-bar` (`ᾱ_t ← ᾱ_t^ρ`, ρ > 1 adds noise) or `betas` (`β_t ← β_t^ρ`).
+    pub rho_target: RhoTarget,
+    /// What the decoder predicts (x0, eps or v); the loss compares it with the same quantity.
+    pub prediction: Prediction,
+    /// How pixels are scaled before noise is added.
+    pub data_range: DataRange,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        Self {
+            schedule: ScheduleKind::Linear,
+            timesteps: 1000,
+            rho: 1.0,
+            rho_target: RhoTarget::AlphaBar,
+            prediction: Prediction::X0,
+            data_range: DataRange::Unit,
+        }
+    }
+}
+
+impl DiffusionConfig {
+    /// The [`ScheduleConfig`] of these settings.
+    pub fn schedule_config(&self) -> ScheduleConfig {
+        ScheduleConfig {
+            kind: match self.schedule {
+                ScheduleKind::Linear => BetaSchedule::linear(),
+                ScheduleKind::Cosine => BetaSchedule::cosine(),
+            },
+            num_timesteps: self.timesteps,
+            rho: self.rho,
+            rho_target: self.rho_target,
+        }
+    }
+
+    /// The noise schedule these settings describe.
+    pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
+        NoiseSchedule::new(self.schedule_config())
+            .map_err(|e| Error::config("diffusion", e.to_string()))
     }
 }
 
@@ -172,6 +266,8 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// Train on per-patch normalised pixels (MAE's norm_pix_loss); informs the loss, not the net.
     pub norm_pix_loss: bool,
+    /// The diffusion process (schedule, prediction, pixel scaling; unused by MAE models).
+    pub diffusion: DiffusionConfig,
 }
 
 impl Default for ModelConfig {
@@ -207,6 +303,7 @@ fn preset(
         norm_eps: 1e-6,
         activation: Activation::Gelu,
         norm_pix_loss: true,
+        diffusion: DiffusionConfig::default(),
     }
 }
 
@@ -298,6 +395,11 @@ impl ModelConfig {
     pub fn time_steps(&self) -> usize {
         self.num_frames / self.tubelet.max(1)
     }
+    /// Whether the decoder denoises noisy patches (DiffMAE) rather than reading a mask token
+    /// (MAE, one decoder call, no diffusion).
+    pub fn is_diffusion(&self) -> bool {
+        self.decoder.masked_input == MaskedInput::NoisyPatch
+    }
     /// Whether inputs are video clips (`num_frames > 1`).
     pub fn is_video(&self) -> bool {
         self.num_frames > 1
@@ -317,6 +419,22 @@ impl ModelConfig {
             dmae_core::patchify_video(x, self.tubelet, self.patch_size)?
         } else {
             dmae_core::patchify(x, self.patch_size)?
+        })
+    }
+    /// Patches `(N, L, P)` back to images `(N, C, H, W)` or clips `(N, C, T, H, W)` (the
+    /// inverse of [`ModelConfig::patchify`]).
+    pub fn unpatchify(&self, patches: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        let [h, w] = self.image_size;
+        let c = self.in_channels;
+        Ok(if self.is_video() {
+            dmae_core::unpatchify_video(
+                patches,
+                self.tubelet,
+                self.patch_size,
+                (c, self.num_frames, h, w),
+            )?
+        } else {
+            dmae_core::unpatchify(patches, self.patch_size, (c, h, w))?
         })
     }
     /// The input shape after the batch dimension: `[C, H, W]` or `[C, T, H, W]`.
@@ -408,6 +526,20 @@ impl ModelConfig {
                 format!("{} must be positive", self.norm_eps),
             ));
         }
+        let d = &self.diffusion;
+        if d.timesteps == 0 || d.timesteps > MAX_TIMESTEPS {
+            return Err(Error::config(
+                "diffusion.timesteps",
+                format!("{} not in 1..={MAX_TIMESTEPS}", d.timesteps),
+            ));
+        }
+        d.noise_schedule()?;
+        if self.norm_pix_loss && d.prediction != Prediction::X0 && self.is_diffusion() {
+            return Err(Error::config(
+                "diffusion.prediction",
+                "norm_pix_loss normalises the x0 target; eps and v prediction need norm_pix_loss = false",
+            ));
+        }
         if self.decoder.kind != DecoderKind::Joint
             && self.decoder.cross_source == CrossSource::TopDown
             && self.decoder.depth > self.encoder.depth
@@ -433,6 +565,10 @@ impl ModelConfig {
         Ok(c)
     }
 }
+
+/// The most diffusion steps a model may be configured with (the schedule is a host table of
+/// `T` entries per quantity; the paper uses 1000).
+pub const MAX_TIMESTEPS: usize = 100_000;
 
 pub(crate) fn mlp_hidden(dim: usize, ratio: f64) -> usize {
     (dim as f64 * ratio).round() as usize

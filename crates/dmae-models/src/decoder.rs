@@ -5,13 +5,13 @@
 //! E(x_0^v))‖²`.
 
 use candle_core::{Device, Tensor};
+use dmae_diffusion::MaskIndices;
 
 use crate::block::{Block, BlockSpec, KvCache, LayerNorm, Linear};
 use crate::config::{mlp_hidden, CrossSource, DecoderKind, MaskedInput, ModelConfig};
 use crate::embed::{pos_embed, TimeEmbed};
 use crate::encoder::{Encoder, EncoderOutput};
-use crate::error::{check_shape, Error, Result};
-use crate::masking::TokenMask;
+use crate::error::{check_mask, check_shape, Error, Result};
 use crate::params::{Init, ParamStore};
 
 /// The decoder.
@@ -286,10 +286,10 @@ impl Decoder {
         &self,
         ctx: &Encoded,
         x_t: &Tensor,
-        masking: &TokenMask,
+        mask: &MaskIndices,
         t: &[usize],
     ) -> Result<Tensor> {
-        let (n, _lv, lm) = masking.check(self.num_patches)?;
+        let (n, _lv, lm) = check_mask(mask, self.num_patches)?;
         if ctx.batch_size() != n {
             return Err(Error::shape(
                 "encoded.last",
@@ -298,13 +298,13 @@ impl Decoder {
             ));
         }
         if self.kind == DecoderKind::Joint {
-            let full = self.forward_joint(ctx, x_t, masking, t)?;
-            return Ok(dmae_core::gather_tokens(&full, &masking.masked)?);
+            let full = self.forward_joint(ctx, x_t, mask, t)?;
+            return Ok(dmae_core::gather_tokens(&full, mask.masked())?);
         }
         let d = self.dim();
         let device = ctx.encoder.last.device();
         let h = self.masked_tokens(x_t, t, n, lm, device)?;
-        let idx = (masking.masked.flatten_all()? + 1.0)?;
+        let idx = (mask.masked().flatten_all()? + 1.0)?;
         let pos = self.pos_embed.index_select(&idx, 0)?.reshape((n, lm, d))?;
         let mut x = (h + pos)?;
         let computed;
@@ -334,10 +334,10 @@ impl Decoder {
         &self,
         ctx: &Encoded,
         x_t: &Tensor,
-        masking: &TokenMask,
+        mask: &MaskIndices,
         t: &[usize],
     ) -> Result<Tensor> {
-        let (n, lv, lm) = masking.check(self.num_patches)?;
+        let (n, lv, lm) = check_mask(mask, self.num_patches)?;
         let vis = ctx
             .joint_tokens
             .as_ref()
@@ -347,7 +347,7 @@ impl Decoder {
         let h = self.masked_tokens(x_t, t, n, lm, device)?;
         let cls = vis.narrow(1, 0, 1)?;
         let seq = Tensor::cat(&[&vis.narrow(1, 1, lv)?, &h], 1)?;
-        let seq = dmae_core::gather_tokens(&seq, &masking.ids_restore)?;
+        let seq = dmae_core::gather_tokens(&seq, mask.ids_restore())?;
         let mut x = Tensor::cat(&[&cls, &seq], 1)?.broadcast_add(&self.pos_embed.unsqueeze(0)?)?;
         for b in &self.blocks {
             x = b.forward(&x, None, None)?;

@@ -114,3 +114,15 @@ pub(crate) fn check_shape(name: &str, t: &candle_core::Tensor, expected: &[usize
         Err(Error::shape(name, expected, got))
     }
 }
+
+/// Checks a mask against a model of `l` patches; returns `(N, Lv, Lm)`.
+pub(crate) fn check_mask(
+    mask: &dmae_diffusion::MaskIndices,
+    l: usize,
+) -> Result<(usize, usize, usize)> {
+    let n = mask.batch_size();
+    if mask.num_tokens() != l {
+        return Err(Error::shape("mask", &[n, l], &[n, mask.num_tokens()]));
+    }
+    Ok((n, mask.num_visible(), mask.num_masked()))
+}

@@ -3,13 +3,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use dmae_core::Param;
+use dmae_diffusion::MaskIndices;
 use serde::{Deserialize, Serialize};
 
 use crate::block::{LayerNorm, Linear};
 use crate::config::ModelConfig;
 use crate::encoder::Encoder;
 use crate::error::{check_shape, Error, Result};
-use crate::masking::TokenMask;
 use crate::model::DiffMae;
 use crate::params::{Init, NamedParam, ParamStore};
 
@@ -44,8 +44,8 @@ impl Encoder {
                 &[n, l],
             ));
         }
-        let m = TokenMask::all_visible(n, l, images.device())?;
-        let out = self.forward(&patches, &m.visible, drop_path_seed)?;
+        let m = MaskIndices::all_visible(n, l, images.device())?;
+        let out = self.forward(&patches, m.visible(), drop_path_seed)?;
         Ok(match pool {
             Pool::Avg => {
                 let last = out

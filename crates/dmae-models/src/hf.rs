@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use dmae_diffusion::MaskIndices;
 use serde::Deserialize;
 
 use crate::checkpoint::assign;
 use crate::config::{Activation, DecoderKind, MaskedInput, ModelConfig};
 use crate::error::{check_shape, Error, Result};
-use crate::masking::TokenMask;
 use crate::model::DiffMae;
 
 /// An image side in `config.json`: one number or `[height, width]`.
@@ -387,15 +387,16 @@ impl DiffMae {
         )?;
         check_shape("noise", noise, &[n, c.num_patches()])?;
         let patches = dmae_core::patchify(pixel_values, c.patch_size)?;
-        let (masking, mask) = TokenMask::from_noise(noise, mask_ratio)?;
-        let x0_v = dmae_core::gather_tokens(&patches, &masking.visible)?;
-        let ctx = self.encode(&x0_v, &masking)?;
+        let mask = MaskIndices::from_noise(noise, mask_ratio)
+            .map_err(|e| Error::arg("mask_ratio", e.to_string()))?;
+        let (x0_v, _) = mask.split(&patches)?;
+        let ctx = self.encode(&x0_v, &mask)?;
         let t = vec![0; n];
-        let logits = self.decoder.forward_joint(&ctx, &x0_v, &masking, &t)?;
+        let logits = self.decoder.forward_joint(&ctx, &x0_v, &mask, &t)?;
         Ok(MaeOutput {
             last_hidden_state: ctx.encoder.last,
-            mask,
-            ids_restore: masking.ids_restore,
+            mask: mask.mask_tensor(pixel_values.dtype())?,
+            ids_restore: mask.ids_restore().clone(),
             logits,
         })
     }
