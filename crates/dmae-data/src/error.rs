@@ -83,6 +83,16 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// A class or clip directory whose name is not valid UTF-8 (class names are text).
+    #[error(
+        "{}: the directory name is not valid UTF-8; class and clip directories need text names \
+         (rename it)",
+        path.display()
+    )]
+    NonUtf8Name {
+        /// The directory (shown with the invalid bytes replaced).
+        path: PathBuf,
+    },
     /// Expected data is not where it was looked for.
     #[error("{}: {what}", path.display())]
     NotFound {
