@@ -124,6 +124,7 @@ impl DiffMae {
         mut tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
+        check_holds(&tensors, config.param_count())?;
         let mut model = DiffMae::new(config, 0, device)?;
         if let Some(t) = take_pos_embed(&mut tensors, ENCODER_POS_EMBED, &model.encoder.pos_embed)?
         {
@@ -181,6 +182,25 @@ impl DiffMae {
         }
         assign(self.named_params(), &mut tensors)
     }
+}
+
+/// Refuses tensors that cannot be the parameters of a network that needs `needed` values, before
+/// that network is built: a damaged or hostile config (in a checkpoint's metadata or a
+/// `config.json`) may describe billions of parameters while the file holds a few thousand. Only a
+/// gross mismatch is caught here (more than twice the values held, plus 16 M); smaller ones are
+/// reported tensor by tensor once the network exists.
+fn check_holds(tensors: &HashMap<String, Tensor>, needed: u64) -> Result<()> {
+    let held: u64 = tensors.values().map(|t| t.elem_count() as u64).sum();
+    if needed > held.saturating_mul(2).saturating_add(1 << 24) {
+        return Err(Error::config(
+            "checkpoint",
+            format!(
+                "its config describes a network of {needed} parameters but the file holds only \
+                 {held} values: the config does not belong to these tensors"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `t` is the fixed sin-cos position embedding of `config` at width `dim` (exactly what a
@@ -379,6 +399,12 @@ impl Classifier {
             })?;
         let head: HeadInfo = serde_json::from_str(head)?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let d = config.encoder.dim as u64;
+        let head_params = (d + 1).saturating_mul(head.num_classes as u64);
+        check_holds(
+            &tensors,
+            config.encoder_param_count().saturating_add(head_params),
+        )?;
         let mut c = Classifier::new(config, head.num_classes, head.pool, 0, device)?;
         if let Some(t) = take_pos_embed(&mut tensors, ENCODER_POS_EMBED, &c.encoder.pos_embed)? {
             c.encoder.pos_embed = t;
@@ -633,5 +659,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_config_far_larger_than_the_file_is_refused_before_building() {
+        // 4.8 billion parameters described by the metadata of an empty file: this allocated
+        // 19 GB before failing (or aborted).
+        let mut c = ModelConfig::tiny();
+        c.encoder.dim = 4096;
+        c.encoder.heads = 16;
+        c.encoder.depth = 24;
+        c.validate().unwrap();
+        let meta = metadata(&c).unwrap();
+        let bytes = serialize(&[], Vec::new(), meta).unwrap();
+        let e = DiffMae::from_safetensors_bytes(&bytes, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds only 0 values"), "{e}");
+        // The same for a classifier whose head info claims a trillion classes.
+        let mut meta = metadata(&small()).unwrap();
+        let head = HeadInfo {
+            num_classes: 1 << 40,
+            pool: Pool::Avg,
+        };
+        meta.insert(HEAD_KEY.into(), serde_json::to_string(&head).unwrap());
+        let dir = tempfile_dir("cls-huge");
+        let path = dir.join("c.safetensors");
+        std::fs::write(&path, serialize(&[], Vec::new(), meta).unwrap()).unwrap();
+        let e = Classifier::load(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds only 0 values"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

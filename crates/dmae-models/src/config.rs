@@ -347,6 +347,18 @@ impl ModelConfig {
         u64::try_from(parts.iter().map(|(_, n)| n).sum::<u128>()).unwrap_or(u64::MAX)
     }
 
+    /// Parameters of the encoder alone (patch embedding, cls token, blocks, final norm): what a
+    /// [`crate::Classifier`] holds besides its head. Saturates at `u64::MAX`.
+    pub fn encoder_param_count(&self) -> u64 {
+        let de = self.encoder.dim as u128;
+        let p = self.tubelet as u128
+            * self.patch_size as u128
+            * self.patch_size as u128
+            * self.in_channels as u128;
+        let patch_embed = p.saturating_mul(de).saturating_add(de);
+        u64::try_from(patch_embed.saturating_add(self.param_parts()[1].1)).unwrap_or(u64::MAX)
+    }
+
     /// Parameters per part, named after the config field that sizes it: `patch_size` (the patch
     /// embeddings and the pixel prediction, `p·p·C` wide), `encoder`, `decoder`.
     fn param_parts(&self) -> [(&'static str, u128); 3] {
