@@ -5,7 +5,7 @@
 //!
 //! Run more cases than the default 64 with, e.g.:
 //! `PROPTEST_CASES=20000 cargo test -p dmae-data --release --test fuzz`
-//! Failing inputs are shrunk and saved under `crates/dmae-data/tests/proptest-regressions/` (commit them so
+//! Failing inputs are shrunk and saved in `crates/dmae-data/tests/fuzz.proptest-regressions` (commit them so
 //! they are replayed first).
 
 use std::io::Write;

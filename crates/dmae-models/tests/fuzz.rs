@@ -6,7 +6,7 @@
 //!
 //! 256 cases per property by default (about a second); more with e.g.
 //! `PROPTEST_CASES=5000 cargo test -p dmae-models --release --test fuzz`. Failing inputs are saved
-//! under `crates/dmae-models/tests/proptest-regressions/` (commit them so they are replayed first).
+//! in `crates/dmae-models/tests/fuzz.proptest-regressions` (commit them so they are replayed first).
 //! The TOML config files of the `dmae` binary are fuzzed with the binary.
 
 use std::sync::OnceLock;
