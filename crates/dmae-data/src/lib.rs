@@ -18,7 +18,7 @@
 //! - [`dataset`]: the [`Dataset`] trait, [`Sample`], [`Split`].
 //! - Formats: [`idx`] (IDX arrays), [`mnist`] ([`Mnist`]), [`cifar`] ([`Cifar`]), [`folder`] ([`ImageFolder`]),
 //!   [`frames`] ([`FrameFolder`] video clips), [`moving_mnist`] ([`MovingMnist`] generator), [`decode`] (image
-//!   files to planes), [`file`] (regular files only, size-checked: never a device or a FIFO).
+//!   files to planes), [`file`](mod@file) (regular files only, size-checked: never a device or a FIFO).
 //! - [`bundled`]: the 10,000 real MNIST digits shipped in `datasets/mnist` ([`bundled_mnist`]).
 //! - [`transforms`]: resize, center crop, random resized crop, flip, normalize ([`Transform`], [`Compose`]).
 //! - [`loader`]: [`Loader`], [`LoaderConfig`], [`Epoch`], [`Batch`].
