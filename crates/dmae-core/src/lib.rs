@@ -70,5 +70,5 @@ pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu};
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
 pub use softmax::softmax;
-pub use threads::{configure_threads, DEFAULT_SPIN_LIMIT};
+pub use threads::{check_threads, configure_threads, DEFAULT_SPIN_LIMIT, MAX_THREADS};
 pub use tokens::{gather_tokens, scatter_tokens};

@@ -268,7 +268,9 @@ impl Cifar {
             });
         }
         let mut ds = Self::from_files(kind, &files)?;
-        if let Ok(text) = std::fs::read_to_string(root.join(kind.meta_file())) {
+        // The class-name list is optional and small; a missing, odd or oversized one keeps the default names.
+        let meta = crate::file::read_regular(&root.join(kind.meta_file()), 1 << 20).ok();
+        if let Some(text) = meta.and_then(|b| String::from_utf8(b).ok()) {
             let names: Vec<String> = text
                 .lines()
                 .map(str::trim)
@@ -292,7 +294,7 @@ impl Cifar {
         };
         for f in files {
             let f = f.as_ref();
-            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+            let bytes = crate::file::read_regular(f, crate::file::MAX_FILE_BYTES)?;
             ds.append(&bytes, f)?;
         }
         Ok(ds)

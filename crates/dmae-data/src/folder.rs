@@ -91,13 +91,19 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let file_name = entry.file_name();
+        let name = file_name.to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
         }
         let path = entry.path();
         // Follow symlinks: a class directory or image may be a link.
         let is_dir = path.is_dir();
+        // Directory names become class names (text in checkpoints and reports) and are joined back
+        // onto the root by name; image files are opened by their path, so any name works for them.
+        if is_dir && file_name.to_str().is_none() {
+            return Err(Error::NonUtf8Name { path });
+        }
         out.push((name, path, is_dir));
     }
     out.sort_by(|a, b| natural_cmp(&a.0, &b.0));
@@ -166,6 +172,23 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::natural_cmp;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_class_directory_with_a_non_utf8_name_is_named_in_the_error() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::create_dir_all(dir.path().join("ok")).unwrap();
+        let e = super::ImageFolder::open(dir.path(), crate::Channels::Gray).unwrap_err();
+        assert!(matches!(e, crate::Error::NonUtf8Name { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("caf\u{FFFD}") && msg.contains("UTF-8"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn natural_order() {

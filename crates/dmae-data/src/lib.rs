@@ -18,14 +18,16 @@
 //! - [`dataset`]: the [`Dataset`] trait, [`Sample`], [`Split`].
 //! - Formats: [`idx`] (IDX arrays), [`mnist`] ([`Mnist`]), [`cifar`] ([`Cifar`]), [`folder`] ([`ImageFolder`]),
 //!   [`frames`] ([`FrameFolder`] video clips), [`moving_mnist`] ([`MovingMnist`] generator), [`decode`] (image
-//!   files to planes).
+//!   files to planes), [`file`](mod@file) (regular files only, size-checked: never a device or a FIFO).
 //! - [`bundled`]: the 10,000 real MNIST digits shipped in `datasets/mnist` ([`bundled_mnist`]).
 //! - [`transforms`]: resize, center crop, random resized crop, flip, normalize ([`Transform`], [`Compose`]).
 //! - [`loader`]: [`Loader`], [`LoaderConfig`], [`Epoch`], [`Batch`].
 //! - [`rng`]: the `(seed, epoch, index)` generators behind every random choice.
 //! - [`error`]: [`Error`], [`Result`].
 //!
-//! Bad input bytes never panic: they produce an [`Error`] naming the file and the offset or cause.
+//! Bad input bytes never panic: they produce an [`Error`] naming the file and the offset or cause. Sizes
+//! announced by headers are checked before anything is allocated for them ([`decode::MAX_IMAGE_BYTES`],
+//! [`file::MAX_FILE_BYTES`], IDX dimensions against the file's length); see docs/reliability.md.
 //!
 //! Features: `cuda` (forwards to candle's, for [`Batch::to_device`] onto a GPU). Example:
 //! `cargo run --release -p dmae-data --example loader` (bundled-MNIST throughput).
@@ -37,6 +39,7 @@ pub mod cifar;
 pub mod dataset;
 pub mod decode;
 pub mod error;
+pub mod file;
 pub mod folder;
 pub mod frames;
 pub mod idx;

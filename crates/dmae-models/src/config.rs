@@ -446,7 +446,194 @@ impl ModelConfig {
             vec![self.in_channels, h, w]
         }
     }
-    /// Checks every constraint the network relies on.
+    /// Largest network [`ModelConfig::validate`] accepts, in parameters: 10 billion, 40 GB of f32
+    /// weights (160 GB with gradients and AdamW moments); ViT-H/14 with its decoder is 0.66 billion.
+    /// A bound on what can be allocated at all, so that a mistyped `dim` or `depth` (in a config
+    /// file or a checkpoint's metadata) is an error naming the field instead of an abort or a
+    /// machine swapping.
+    pub const MAX_PARAMS: u64 = 10_000_000_000;
+
+    /// Largest activation memory of one sample [`ModelConfig::validate`] accepts, in bytes
+    /// (64 GiB; see [`ModelConfig::activation_bytes_per_sample`]). ViT-H/14 at 224 px needs about
+    /// 0.7 GB; `image_size = [100000, 100000]` (39 million tokens) would need terabytes.
+    pub const MAX_ACTIVATION_BYTES: u64 = 64 << 30;
+
+    /// Number of parameters of the network this config describes (exactly
+    /// [`crate::DiffMae::num_params`]), computed without allocating; saturates at `u64::MAX`.
+    pub fn param_count(&self) -> u64 {
+        let parts = self.param_parts();
+        u64::try_from(parts.iter().map(|(_, n)| n).sum::<u128>()).unwrap_or(u64::MAX)
+    }
+
+    /// Parameters of the encoder alone (patch embedding, cls token, blocks, final norm): what a
+    /// [`crate::Classifier`] holds besides its head. Saturates at `u64::MAX`.
+    pub fn encoder_param_count(&self) -> u64 {
+        let de = self.encoder.dim as u128;
+        let p = self.tubelet as u128
+            * self.patch_size as u128
+            * self.patch_size as u128
+            * self.in_channels as u128;
+        let patch_embed = p.saturating_mul(de).saturating_add(de);
+        u64::try_from(patch_embed.saturating_add(self.param_parts()[1].1)).unwrap_or(u64::MAX)
+    }
+
+    /// Parameters per part, named after the config field that sizes it: `patch_size` (the patch
+    /// embeddings and the pixel prediction, `p·p·C` wide), `encoder`, `decoder`.
+    fn param_parts(&self) -> [(&'static str, u128); 3] {
+        let lin = |i: u128, o: u128, bias: bool| i * o + if bias { o } else { 0 };
+        let block = |dim: u128,
+                     hidden: u128,
+                     qkv_bias: bool,
+                     self_attn: bool,
+                     ctx: Option<u128>| {
+            let attn = if self_attn {
+                2 * dim + lin(dim, 3 * dim, qkv_bias) + lin(dim, dim, true)
+            } else {
+                0
+            };
+            let cross = ctx.map_or(0, |c| {
+                2 * dim + lin(dim, dim, qkv_bias) + lin(c, 2 * dim, qkv_bias) + lin(dim, dim, true)
+            });
+            attn + cross + 2 * dim + lin(dim, hidden, true) + lin(hidden, dim, true)
+        };
+        let (e, d) = (&self.encoder, &self.decoder);
+        let (de, dd) = (e.dim as u128, d.dim as u128);
+        let p = self.tubelet as u128
+            * self.patch_size as u128
+            * self.patch_size as u128
+            * self.in_channels as u128;
+        let mut patch = lin(p, de, true) + lin(dd, p, true);
+        let mut decoder = 2 * dd;
+        match d.masked_input {
+            MaskedInput::NoisyPatch => patch += lin(p, dd, true),
+            MaskedInput::MaskToken => decoder += dd,
+        }
+        if d.kind == DecoderKind::Joint {
+            decoder += lin(de, dd, true);
+        }
+        if d.time_conditioning {
+            decoder += lin(d.time_embed_dim as u128, dd, true) + lin(dd, dd, true);
+        }
+        let ctx = (d.kind != DecoderKind::Joint).then_some(de);
+        let dec_block = block(
+            dd,
+            mlp_hidden(d.dim, d.mlp_ratio) as u128,
+            d.qkv_bias,
+            d.kind != DecoderKind::Cross,
+            ctx,
+        );
+        decoder = decoder.saturating_add((d.depth as u128).saturating_mul(dec_block));
+        let enc_block = block(
+            de,
+            mlp_hidden(e.dim, e.mlp_ratio) as u128,
+            e.qkv_bias,
+            true,
+            None,
+        );
+        let encoder = (de + 2 * de).saturating_add((e.depth as u128).saturating_mul(enc_block));
+        [
+            ("patch_size", patch),
+            ("encoder", encoder),
+            ("decoder", decoder),
+        ]
+    }
+
+    /// Estimated activation memory of one sample in a training step, in bytes: every block keeps
+    /// about `9·dim + 2·mlp_hidden` f32 values per token for the backward pass (its input, the
+    /// norms, qkv, the attention and projection outputs, the MLP's hidden layer before and after
+    /// GELU); the encoder over `1 + L` tokens (all patches visible when fine-tuning), the decoder
+    /// over `1 + L`. Attention itself keeps no `L x L` matrix (dmae-core's fused attention).
+    /// Saturates at `u64::MAX`.
+    pub fn activation_bytes_per_sample(&self) -> u64 {
+        let tokens = self.token_count();
+        let per_token = |dim: usize, depth: usize, ratio: f64| {
+            (depth as u128) * (9 * dim as u128 + 2 * mlp_hidden(dim, ratio) as u128)
+        };
+        let e = per_token(self.encoder.dim, self.encoder.depth, self.encoder.mlp_ratio);
+        let d = per_token(self.decoder.dim, self.decoder.depth, self.decoder.mlp_ratio);
+        u64::try_from(tokens.saturating_mul(e.saturating_add(d)).saturating_mul(4))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// `1 + L` tokens per sample, without overflow for any field values.
+    fn token_count(&self) -> u128 {
+        let p = self.patch_size.max(1) as u128;
+        let rows = self.image_size[0] as u128 / p;
+        let cols = self.image_size[1] as u128 / p;
+        let steps = self.num_frames as u128 / self.tubelet.max(1) as u128;
+        steps
+            .saturating_mul(rows)
+            .saturating_mul(cols)
+            .saturating_add(1)
+    }
+
+    /// Checks the estimated size against [`ModelConfig::MAX_PARAMS`] and
+    /// [`ModelConfig::MAX_ACTIVATION_BYTES`], naming the field that makes it too large.
+    fn check_size(&self) -> Result<()> {
+        let parts = self.param_parts();
+        let total: u128 = parts.iter().map(|(_, n)| n).sum();
+        if total > u128::from(Self::MAX_PARAMS) {
+            let (field, _) = parts
+                .iter()
+                .max_by_key(|(_, n)| *n)
+                .copied()
+                .unwrap_or(parts[0]);
+            let (e, d) = (&self.encoder, &self.decoder);
+            return Err(Error::config(
+                field,
+                format!(
+                    "the network would have {total:.3e} parameters (patch embeddings {:.3e}: patch {} \
+                     x {} channels x tubelet {}; encoder {:.3e}: dim {}, depth {}, mlp_ratio {}; decoder \
+                     {:.3e}: dim {}, depth {}, mlp_ratio {}), over the limit of {:.0e} \
+                     (ModelConfig::MAX_PARAMS)",
+                    parts[0].1 as f64,
+                    self.patch_size,
+                    self.in_channels,
+                    self.tubelet,
+                    parts[1].1 as f64,
+                    e.dim,
+                    e.depth,
+                    e.mlp_ratio,
+                    parts[2].1 as f64,
+                    d.dim,
+                    d.depth,
+                    d.mlp_ratio,
+                    Self::MAX_PARAMS as f64,
+                    total = total as f64,
+                ),
+            ));
+        }
+        let bytes = self.activation_bytes_per_sample();
+        if bytes > Self::MAX_ACTIVATION_BYTES {
+            let (rows, cols) = self.grid();
+            let field = if self.time_steps() > rows.saturating_mul(cols) {
+                "num_frames"
+            } else {
+                "image_size"
+            };
+            return Err(Error::config(
+                field,
+                format!(
+                    "{} tokens per sample (image {}x{} in patches of {}, {} frames in tubelets of {}) \
+                     would need about {} GiB of activations per sample, over the limit of {} GiB \
+                     (ModelConfig::MAX_ACTIVATION_BYTES)",
+                    self.token_count(),
+                    self.image_size[0],
+                    self.image_size[1],
+                    self.patch_size,
+                    self.num_frames,
+                    self.tubelet,
+                    bytes.div_ceil(1 << 30),
+                    Self::MAX_ACTIVATION_BYTES >> 30
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks every constraint the network relies on, and its size against
+    /// [`ModelConfig::MAX_PARAMS`] and [`ModelConfig::MAX_ACTIVATION_BYTES`] (before anything is
+    /// allocated: [`crate::DiffMae::new`] and checkpoint loading call this first).
     pub fn validate(&self) -> Result<()> {
         let p = self.patch_size;
         if p == 0 || self.in_channels == 0 {
@@ -552,7 +739,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        Ok(())
+        self.check_size()
     }
     /// Serialises to JSON (as stored in checkpoints).
     pub fn to_json(&self) -> Result<String> {
@@ -606,6 +793,101 @@ mod tests {
         assert_eq!((mm.num_patches(), mm.patch_dim()), (4 * 64, 2 * 16));
         assert_eq!(mm.input_dims(), [1, 8, 32, 32]);
         assert!(ModelConfig::preset("giant").is_err());
+    }
+
+    #[test]
+    fn param_count_is_exact_for_every_layout() {
+        let mut configs = Vec::new();
+        for kind in [
+            DecoderKind::Joint,
+            DecoderKind::Cross,
+            DecoderKind::CrossSelf,
+        ] {
+            for (masked_input, time) in [
+                (MaskedInput::NoisyPatch, true),
+                (MaskedInput::MaskToken, false),
+            ] {
+                let mut c = ModelConfig::mnist_small();
+                c.encoder.dim = 24;
+                c.encoder.heads = 2;
+                c.encoder.qkv_bias = kind != DecoderKind::Cross;
+                c.decoder.dim = 16;
+                c.decoder.mlp_ratio = 2.5;
+                c.decoder.kind = kind;
+                c.decoder.masked_input = masked_input;
+                c.decoder.time_conditioning = time;
+                c.decoder.qkv_bias = time;
+                configs.push(c);
+            }
+        }
+        let mut v = ModelConfig::moving_mnist();
+        v.encoder.dim = 32;
+        v.decoder.dim = 16;
+        configs.push(v);
+        for c in configs {
+            let m = crate::DiffMae::new(c.clone(), 0, &candle_core::Device::Cpu).unwrap();
+            assert_eq!(c.param_count(), m.num_params() as u64, "{c:?}");
+        }
+        // The presets, without building them: ViT-H/14 with its decoder is about 0.66 billion.
+        let huge = ModelConfig::huge().param_count();
+        assert!((600_000_000..700_000_000).contains(&huge), "{huge}");
+        assert!(ModelConfig::huge().activation_bytes_per_sample() < 1 << 30);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_naming_the_field() {
+        let field_of = |c: &ModelConfig| match c.validate() {
+            Err(Error::Config { field, reason }) => (field, reason),
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let mut c = ModelConfig::tiny();
+        c.encoder.dim = 3_000_000;
+        let (field, reason) = field_of(&c);
+        assert_eq!(field, "encoder");
+        assert!(
+            reason.contains("dim 3000000") && reason.contains("MAX_PARAMS"),
+            "{reason}"
+        );
+        let mut c = ModelConfig::tiny();
+        c.encoder.depth = 1_000_000_000;
+        c.decoder.kind = DecoderKind::Joint;
+        assert_eq!(field_of(&c).0, "encoder");
+        let mut c = ModelConfig::tiny();
+        c.decoder.dim = 1 << 20;
+        c.decoder.heads = 4;
+        assert_eq!(field_of(&c).0, "decoder");
+        let mut c = ModelConfig::tiny();
+        c.decoder.mlp_ratio = 1e300;
+        assert_eq!(field_of(&c).0, "decoder");
+        let mut c = ModelConfig::tiny();
+        c.image_size = [100_000, 100_000];
+        let (field, reason) = field_of(&c);
+        assert_eq!(field, "image_size");
+        assert!(reason.contains("39062501 tokens"), "{reason}");
+        let mut c = ModelConfig::tiny();
+        c.num_frames = 1 << 40;
+        assert_eq!(field_of(&c).0, "num_frames");
+        let mut c = ModelConfig::tiny();
+        c.patch_size = 1 << 20;
+        c.image_size = [1 << 20, 1 << 20];
+        assert_eq!(field_of(&c).0, "patch_size");
+        let mut c = ModelConfig::tiny();
+        c.image_size = [usize::MAX / 16 * 16, usize::MAX / 16 * 16];
+        c.num_frames = usize::MAX;
+        assert!(c.validate().is_err());
+        // The same through a checkpoint's metadata: refused before any tensor is allocated.
+        let json = r#"{"encoder": {"depth": 1000000000}, "decoder": {"kind": "joint"}}"#;
+        assert!(matches!(
+            ModelConfig::from_json(json),
+            Err(Error::Config {
+                field: "encoder",
+                ..
+            })
+        ));
+        // Large but real configurations pass.
+        let mut big = ModelConfig::huge();
+        big.image_size = [448, 448];
+        big.validate().unwrap();
     }
 
     #[test]
