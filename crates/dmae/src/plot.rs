@@ -56,6 +56,8 @@ pub struct Plot {
     pub y_scale: Scale,
     /// A fixed y range (e.g. `0..1` for accuracies); `None` fits the data.
     pub y_range: Option<(f64, f64)>,
+    /// Stretch a fitted linear y axis to include 0 (learning rates, throughput).
+    pub y_zero: bool,
     /// Size in pixels.
     pub width: u32,
     /// Size in pixels.
@@ -85,6 +87,7 @@ impl Plot {
             lines: Vec::new(),
             y_scale: Scale::Auto,
             y_range: None,
+            y_zero: false,
             width: 720,
             height: 420,
         }
@@ -112,6 +115,12 @@ impl Plot {
     /// Fixes the y range to `lo..hi`.
     pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
         self.y_range = Some((lo, hi));
+        self
+    }
+
+    /// Makes a fitted linear y axis include 0.
+    pub fn y_from_zero(mut self) -> Self {
+        self.y_zero = true;
         self
     }
 
@@ -178,6 +187,11 @@ impl Plot {
             (ylo, yhi)
         } else {
             (0.0, 1.0)
+        };
+        let (ylo, yhi) = if self.y_zero && !log && self.y_range.is_none() {
+            (ylo.min(0.0), yhi.max(0.0))
+        } else {
+            (ylo, yhi)
         };
         let yaxis: Box<dyn Axis> = if log {
             Box::new(LogAxis::fit(ylo, yhi))
@@ -308,7 +322,8 @@ impl Plot {
             );
         }
 
-        // Legend (top right, inside the plot) when there is more than one line.
+        // Legend (inside the plot, in the corner that hides the fewest points) when there is more than one
+        // line.
         if self.lines.len() > 1 {
             let longest = self
                 .lines
@@ -318,7 +333,25 @@ impl Plot {
                 .unwrap_or(0);
             let bw = 40.0 + longest as f64 * FONT * CHAR_EM;
             let bh = 8.0 + 18.0 * self.lines.len() as f64;
-            let (bx, by) = (px1 - bw - 8.0, py0 + 8.0);
+            let corners = [
+                (px1 - bw - 8.0, py0 + 8.0),
+                (px0 + 8.0, py0 + 8.0),
+                (px1 - bw - 8.0, py1 - bh - 8.0),
+                (px0 + 8.0, py1 - bh - 8.0),
+            ];
+            let hidden = |&(bx, by): &(f64, f64)| {
+                self.finite_points(log)
+                    .filter(|&(x, y)| {
+                        let (x, y) = (sx(x), sy(y));
+                        x >= bx - 6.0 && x <= bx + bw + 6.0 && y >= by - 6.0 && y <= by + bh + 6.0
+                    })
+                    .count()
+            };
+            let (bx, by) = corners
+                .iter()
+                .min_by_key(|c| hidden(c))
+                .copied()
+                .unwrap_or(corners[0]);
             let _ = writeln!(
                 s,
                 r##"<g class="legend"><rect x="{bx:.1}" y="{by:.1}" width="{bw:.1}" height="{bh:.1}" fill="#ffffff" fill-opacity="0.85" stroke="#bbbbbb"/>"##
@@ -500,10 +533,26 @@ impl LogAxis {
         } else {
             lo * 10.0
         };
-        let (a, b) = (lo.log10().floor(), hi.log10().ceil());
+        // From the largest 1, 2 or 5 times a power of ten at or below `lo` to the smallest at or above `hi`.
+        let below = |v: f64| {
+            let p = 10f64.powf(v.log10().floor());
+            [5.0, 2.0, 1.0]
+                .iter()
+                .map(|m| m * p)
+                .find(|&c| c <= v * (1.0 + 1e-9))
+                .unwrap_or(p)
+        };
+        let above = |v: f64| {
+            let p = 10f64.powf(v.log10().floor());
+            [1.0, 2.0, 5.0, 10.0]
+                .iter()
+                .map(|m| m * p)
+                .find(|&c| c >= v * (1.0 - 1e-9))
+                .unwrap_or(10.0 * p)
+        };
         LogAxis {
-            lo: 10f64.powf(a),
-            hi: 10f64.powf(b.max(a + 1.0)),
+            lo: below(lo),
+            hi: above(hi),
         }
     }
 }
@@ -777,6 +826,36 @@ mod tests {
         // A constant series still gets a readable range.
         let flat = LinearAxis::fit(3.0, 3.0, 6);
         assert!(flat.lo < 3.0 && flat.hi > 3.0 && flat.ticks.len() >= 2);
+    }
+
+    #[test]
+    fn the_legend_avoids_the_lines_and_zero_is_kept_when_asked() {
+        // Accuracies climbing to the top right: the legend leaves that corner for an empty one (top left).
+        let rise = |k: f64| (1..=20).map(move |s| (f64::from(s), 1.0 - k / f64::from(s)));
+        let svg = Plot::new("acc", "step", "top-1")
+            .y_range(0.0, 1.0)
+            .line("a", rise(0.5))
+            .line("b", rise(0.3))
+            .to_svg();
+        let legend = &svg[svg.find("class=\"legend\"").unwrap()..];
+        let attr = |name: &str| -> f64 {
+            let at = legend.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            legend[at..].split('"').next().unwrap().parse().unwrap()
+        };
+        assert!(
+            attr("x") < 200.0 && attr("y") < 100.0,
+            "legend at {}, {}",
+            attr("x"),
+            attr("y")
+        );
+        let lr = Plot::new("lr", "step", "lr")
+            .line("lr", [(1.0, 5e-4), (2.0, 4e-4)])
+            .y_from_zero()
+            .to_svg();
+        assert!(texts(&lr).contains(&"0".to_string()), "{:?}", texts(&lr));
+        // A log axis ends at the 1-2-5 value around the data, not at the next power of ten.
+        let a = LogAxis::fit(0.07, 2.1);
+        assert_eq!((a.lo, a.hi), (0.05, 5.0));
     }
 
     #[test]

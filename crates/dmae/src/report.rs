@@ -101,14 +101,16 @@ pub fn plots(m: &Metrics) -> Vec<Plot> {
         out.push(
             Plot::new("Learning rate", "step", "learning rate")
                 .line("lr", lr)
-                .y_scale(Scale::Linear),
+                .y_scale(Scale::Linear)
+                .y_from_zero(),
         );
     }
     if let Some(s) = take("img_per_s") {
         out.push(
             Plot::new("Throughput", "step", "images / s")
                 .line("img/s", s)
-                .y_scale(Scale::Linear),
+                .y_scale(Scale::Linear)
+                .y_from_zero(),
         );
     }
     let (top1, top5) = (take("val_top1"), take("val_top5"));
