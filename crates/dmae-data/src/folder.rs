@@ -212,7 +212,11 @@ impl ImageFolder {
                 self.root.display()
             )));
         }
-        let pct = fraction * 100.0;
+        // 0.07 * 100 is 7.000000000000001: print percentages with at most 2 decimals.
+        let pct = format!("{:.2}", fraction * 100.0)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string();
         let part = |keep: bool, origin: String| ImageFolder {
             root: self.root.clone(),
             classes: self.classes.clone(),
@@ -446,6 +450,8 @@ mod tests {
         // Deterministic, and stable when a class grows: the old hold-out of `dog` keeps its image.
         assert_eq!(names(&open(Split::Val, Some(0.25)).unwrap()), v);
         assert!(val.origin().contains("25% of") && train.origin().contains("less its 25%"));
+        let (_, v7) = open(Split::Train, None).unwrap().hold_out(0.07).unwrap();
+        assert!(v7.origin().starts_with("7% of"), "{}", v7.origin());
         std::fs::write(dir.path().join("cat/cat8.png"), b"").unwrap();
         let v2 = names(&open(Split::Val, Some(0.25)).unwrap());
         assert!(v

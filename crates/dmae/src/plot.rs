@@ -455,11 +455,11 @@ fn thin(pts: &[(f64, f64)], columns: usize, lo: f64, hi: f64) -> Vec<(f64, f64)>
 
 /// One labelled tick.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Tick {
+struct Tick {
     /// Where (in data units).
-    pub value: f64,
+    value: f64,
     /// What it says.
-    pub label: String,
+    label: String,
 }
 
 trait Axis {
