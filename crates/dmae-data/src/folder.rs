@@ -142,12 +142,12 @@ impl ImageFolder {
             let train = train_dir.as_deref().unwrap_or(root);
             Self::open_with_classes(dir, channels, Some(sorted_subdirs(train)?))
         };
-        match (split, val_fraction) {
-            (Split::Train, None) => training(),
-            (Split::Train, Some(f)) => Ok(training()?.hold_out(f)?.0),
-            (Split::Val, _) if val_dir.is_some() => beside_train(val_dir.as_deref().unwrap_or(root)),
-            (Split::Val, Some(f)) => Ok(training()?.hold_out(f)?.1),
-            (Split::Val, None) => match &test_dir {
+        match (split, val_dir.as_deref(), val_fraction) {
+            (Split::Train, _, None) => training(),
+            (Split::Train, _, Some(f)) => Ok(training()?.hold_out(f)?.0),
+            (Split::Val, Some(val), _) => beside_train(val),
+            (Split::Val, None, Some(f)) => Ok(training()?.hold_out(f)?.1),
+            (Split::Val, None, None) => match &test_dir {
                 Some(d) => {
                     let mut ds = beside_train(d)?;
                     ds.origin = format!("{} (no val/ folder: the test images)", d.display());
@@ -168,7 +168,7 @@ impl ImageFolder {
                     ),
                 }),
             },
-            (Split::Test, _) => match &test_dir {
+            (Split::Test, _, _) => match &test_dir {
                 Some(d) => beside_train(d),
                 None => Err(Error::NotFound {
                     path: root.join("test"),
