@@ -230,9 +230,10 @@ pub struct Cifar {
 }
 
 impl Cifar {
-    /// Opens the official binary batches of `split` ([`Split::Train`] or [`Split::Test`]) in `dir`, which may be
-    /// the extracted folder itself (`cifar-10-batches-bin`, `cifar-100-binary`) or its parent. Class names come
-    /// from the archive's label-name file when present.
+    /// Opens the official binary batches of `split` in `dir`, which may be the extracted folder itself
+    /// (`cifar-10-batches-bin`, `cifar-100-binary`) or its parent. CIFAR has no validation split of its own:
+    /// [`Split::Val`] reads the test batch, like [`Split::Test`] (the 10,000 held-out images papers report on; none
+    /// of them is a training image). Class names come from the archive's label-name file when present.
     pub fn open(dir: impl AsRef<Path>, kind: CifarKind, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
         let sub = match kind {
@@ -248,14 +249,10 @@ impl Cifar {
             (CifarKind::Cifar10, Split::Train) => {
                 (1..=5).map(|i| format!("data_batch_{i}.bin")).collect()
             }
-            (CifarKind::Cifar10, Split::Test) => vec!["test_batch.bin".into()],
+            // CIFAR ships no validation split: its test set is the held-out data everyone reports on.
+            (CifarKind::Cifar10, Split::Test | Split::Val) => vec!["test_batch.bin".into()],
             (_, Split::Train) => vec!["train.bin".into()],
-            (_, Split::Test) => vec!["test.bin".into()],
-            (_, Split::Val) => {
-                return Err(Error::Config(
-                    "CIFAR has no validation split; use Split::Train or Split::Test".into(),
-                ))
-            }
+            (_, Split::Test | Split::Val) => vec!["test.bin".into()],
         };
         let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
         if let Some(missing) = files.iter().find(|f| !f.is_file()) {
@@ -407,5 +404,10 @@ impl Dataset for Cifar {
             CIFAR_SIDE,
             u32::from(self.labels[index]),
         )
+    }
+
+    fn label_of(&self, index: usize) -> Result<u32> {
+        check_index(index, self.len())?;
+        Ok(u32::from(self.labels[index]))
     }
 }

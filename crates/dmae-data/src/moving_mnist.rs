@@ -187,6 +187,11 @@ impl Dataset for MovingMnist {
         self.digits.classes()
     }
 
+    /// Moving digits: mirrored digits are not digits.
+    fn default_flip(&self) -> bool {
+        false
+    }
+
     fn get(&self, index: usize) -> Result<Sample> {
         check_index(index, self.len())?;
         let (s, t) = (self.config.canvas, self.config.frames);

@@ -355,8 +355,24 @@ impl ModelConfig {
         c.norm_pix_loss = false;
         c
     }
-    /// A preset by name: `tiny`, `small`, `base`, `large`, `huge`, `mnist`, `mnist-small`,
-    /// `moving-mnist`.
+    /// Colour images of 32x32 (3 channels, patch 4: 8x8 = 64 tokens) with ViT-T widths:
+    /// encoder 192x12 (3 heads), decoder 128x4 (4 heads), the `mnist` network on colour. Sized
+    /// so that a CPU shows a falling loss within minutes (CIFAR-sized photos, or any folder
+    /// resized to 32 px). Real-pixel targets (no norm_pix), so samples are pictures.
+    pub fn tiny_32() -> Self {
+        let mut c = preset(32, 4, (192, 12, 3), (128, 4, 4));
+        c.norm_pix_loss = false;
+        c
+    }
+    /// `tiny-32` at 64x64 with patch 8: the same 64 tokens and network, 4x the pixels per
+    /// patch (patch dim 192), about the cost of `tiny-32` per image.
+    pub fn tiny_64() -> Self {
+        let mut c = preset(64, 8, (192, 12, 3), (128, 4, 4));
+        c.norm_pix_loss = false;
+        c
+    }
+    /// A preset by name: `tiny`, `small`, `base`, `large`, `huge`, `tiny-32`, `tiny-64`, `mnist`,
+    /// `mnist-small`, `moving-mnist`.
     pub fn preset(name: &str) -> Result<Self> {
         Ok(match name {
             "tiny" => Self::tiny(),
@@ -364,6 +380,8 @@ impl ModelConfig {
             "base" => Self::base(),
             "large" => Self::large(),
             "huge" => Self::huge(),
+            "tiny-32" => Self::tiny_32(),
+            "tiny-64" => Self::tiny_64(),
             "mnist" => Self::mnist(),
             "mnist-small" => Self::mnist_small(),
             "moving-mnist" => Self::moving_mnist(),
@@ -371,7 +389,8 @@ impl ModelConfig {
                 return Err(Error::config(
                     "preset",
                     format!(
-                        "unknown preset {other:?} (tiny, small, base, large, huge, mnist, mnist-small, moving-mnist)"
+                        "unknown preset {other:?} (tiny, small, base, large, huge, tiny-32, tiny-64, mnist, \
+                         mnist-small, moving-mnist)"
                     ),
                 ))
             }
@@ -773,7 +792,10 @@ mod tests {
             "base",
             "large",
             "huge",
+            "tiny-32",
+            "tiny-64",
             "mnist",
+            "mnist-small",
             "moving-mnist",
         ] {
             let c = ModelConfig::preset(name).unwrap();
@@ -792,7 +814,16 @@ mod tests {
         let mm = ModelConfig::moving_mnist();
         assert_eq!((mm.num_patches(), mm.patch_dim()), (4 * 64, 2 * 16));
         assert_eq!(mm.input_dims(), [1, 8, 32, 32]);
-        assert!(ModelConfig::preset("giant").is_err());
+        // The colour presets: 64 tokens each, 3 channels, the ViT-T encoder width.
+        let t32 = ModelConfig::preset("tiny-32").unwrap();
+        assert_eq!((t32.num_patches(), t32.patch_dim()), (64, 4 * 4 * 3));
+        assert_eq!(t32.input_dims(), [3, 32, 32]);
+        let t64 = ModelConfig::preset("tiny-64").unwrap();
+        assert_eq!((t64.num_patches(), t64.patch_dim()), (64, 8 * 8 * 3));
+        assert_eq!(t64.input_dims(), [3, 64, 64]);
+        assert_eq!((t32.encoder.dim, t32.encoder.heads), (192, 3));
+        let e = ModelConfig::preset("giant").unwrap_err().to_string();
+        assert!(e.contains("tiny-32") && e.contains("tiny-64"), "{e}");
     }
 
     #[test]
