@@ -51,6 +51,7 @@
 
 pub mod block;
 pub mod checkpoint;
+pub mod clip;
 pub mod config;
 pub mod decoder;
 pub mod embed;
@@ -65,6 +66,10 @@ mod params;
 pub mod pretrain;
 
 pub use checkpoint::{write_atomic, HeadInfo};
+pub use clip::{
+    ClipFeatureConfig, ClipFeatureNorm, ClipPreprocess, ClipVision, ClipVisionOutput,
+    HfClipVisionConfig,
+};
 pub use config::{
     Activation, CrossSource, DecoderConfig, DecoderKind, EncoderConfig, MaskedInput, ModelConfig,
 };
