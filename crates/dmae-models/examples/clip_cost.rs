@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<candle_core::Result<_>>()?;
     let tower = ClipVision::from_tensors(
         config.clone(),
-        ClipPreprocess::openai(config.image_size, config.num_channels),
+        ClipPreprocess::openai(config.image_size),
         tensors,
         &dev,
     )?;

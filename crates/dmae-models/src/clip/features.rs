@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "kebab-case")]
 pub enum ClipFeatureNorm {
     /// CLIP's `post_layernorm` (with its learned scale and shift), which CLIP applies to the
-    /// last block's class token before the projection.
+    /// last block's class token before the projection. It was trained on the last block's
+    /// output; on an earlier block it is just a fixed LayerNorm.
     #[default]
     PostLayernorm,
     /// LayerNorm without affine parameters (eps 1e-6): zero mean, unit variance per token, as

@@ -53,6 +53,9 @@ fn d_projection() -> usize {
 fn d_layers() -> usize {
     12
 }
+fn d_heads() -> usize {
+    12
+}
 fn d_channels() -> usize {
     3
 }
@@ -87,9 +90,9 @@ pub struct HfClipVisionConfig {
     #[serde(default = "d_layers")]
     pub num_hidden_layers: usize,
     /// Attention heads.
-    #[serde(default = "d_layers")]
+    #[serde(default = "d_heads")]
     pub num_attention_heads: usize,
-    /// Input channels.
+    /// Input channels (3: CLIP's pre-processing is RGB).
     #[serde(default = "d_channels")]
     pub num_channels: usize,
     /// Input side `S` (square).
@@ -139,7 +142,7 @@ impl HfClipVisionConfig {
             };
         let c: Self =
             serde_json::from_value(vision).map_err(|e| io(format!("vision_config: {e}")))?;
-        c.validate().map_err(|reason| io(reason))?;
+        c.validate().map_err(io)?;
         Ok(c)
     }
 
@@ -149,11 +152,16 @@ impl HfClipVisionConfig {
             ("intermediate_size", self.intermediate_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
-            ("num_channels", self.num_channels),
             ("patch_size", self.patch_size),
         ];
         if let Some((f, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("vision_config.{f} must be positive"));
+        }
+        if self.num_channels != 3 {
+            return Err(format!(
+                "vision_config.num_channels {}: CLIP towers read RGB (3)",
+                self.num_channels
+            ));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
@@ -290,16 +298,12 @@ impl ClipVision {
             field: "clip vision_config",
             reason,
         })?;
-        if preprocess.image_size != config.image_size || preprocess.channels != config.num_channels
-        {
+        if preprocess.image_size != config.image_size {
             return Err(Error::config(
                 "clip preprocess",
                 format!(
-                    "made for {} px x {} channels, the tower reads {} px x {}",
-                    preprocess.image_size,
-                    preprocess.channels,
-                    config.image_size,
-                    config.num_channels
+                    "made for {} px, the tower reads {} px",
+                    preprocess.image_size, config.image_size
                 ),
             ));
         }
@@ -365,9 +369,8 @@ impl ClipVision {
                 &read_text(p)?,
                 &p.display().to_string(),
                 config.image_size,
-                config.num_channels,
             )?,
-            None => ClipPreprocess::openai(config.image_size, config.num_channels),
+            None => ClipPreprocess::openai(config.image_size),
         };
         let in_file = |e: Error| Error::Io {
             path: weights.display().to_string(),
@@ -588,6 +591,10 @@ mod tests {
                 r#"{"model_type": "clip_vision_model", "hidden_size": 10, "num_attention_heads": 3}"#,
                 "num_attention_heads",
             ),
+            (
+                r#"{"model_type": "clip_vision_model", "num_channels": 1}"#,
+                "num_channels 1",
+            ),
             ("not json", "c.json"),
         ] {
             let e = HfClipVisionConfig::from_json(json, "c.json")
@@ -601,7 +608,7 @@ mod tests {
     #[test]
     fn both_layouts_load_and_a_missing_or_foreign_tensor_is_named() {
         let c = tiny();
-        let pre = ClipPreprocess::openai(8, 3);
+        let pre = ClipPreprocess::openai(8);
         let dev = Device::Cpu;
         let mut full = random(&c, "vision_model.");
         full.insert(
@@ -665,13 +672,9 @@ mod tests {
     fn target_has_one_feature_per_model_patch() {
         let c = tiny();
         let dev = Device::Cpu;
-        let v = ClipVision::from_tensors(
-            c.clone(),
-            ClipPreprocess::openai(8, 3),
-            random(&c, ""),
-            &dev,
-        )
-        .unwrap();
+        let v =
+            ClipVision::from_tensors(c.clone(), ClipPreprocess::openai(8), random(&c, ""), &dev)
+                .unwrap();
         let images = Tensor::rand(0f32, 1., (3, 1, 28, 28), &dev).unwrap();
         let t = v
             .target(&images, &ClipFeatureConfig::default(), PatchGrid::new(7, 7))

@@ -21,20 +21,19 @@ use crate::error::{Error, Result};
 
 /// OpenAI CLIP's normalisation mean (RGB), CLIPImageProcessor's default.
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// OpenAI CLIP's normalisation standard deviation (RGB), CLIPImageProcessor's default.
-pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// OpenAI CLIP's normalisation standard deviation (RGB), CLIPImageProcessor's default
+/// (`[0.26862954, 0.26130258, 0.27577711]`, written as the nearest f32s).
+pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_55, 0.261_302_6, 0.275_777_1];
 
 /// Resize and normalisation of images for one CLIP tower.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipPreprocess {
     /// Output side `S` (the tower's `image_size`).
     pub image_size: usize,
-    /// Channels the tower reads (3 for every released CLIP).
-    pub channels: usize,
-    /// Per-channel mean subtracted after resizing.
-    pub mean: Vec<f32>,
-    /// Per-channel standard deviation divided by after subtracting the mean.
-    pub std: Vec<f32>,
+    /// Per-channel (RGB) mean subtracted after resizing.
+    pub mean: [f32; 3],
+    /// Per-channel (RGB) standard deviation divided by after subtracting the mean.
+    pub std: [f32; 3],
 }
 
 #[derive(Deserialize)]
@@ -44,37 +43,34 @@ struct PreprocessorJson {
 }
 
 impl ClipPreprocess {
-    /// OpenAI's mean/std for an `image_size` tower with `channels` (3) channels.
-    pub fn openai(image_size: usize, channels: usize) -> Self {
+    /// OpenAI's mean/std for an RGB tower of side `image_size`.
+    pub fn openai(image_size: usize) -> Self {
         Self {
             image_size,
-            channels,
-            mean: OPENAI_CLIP_MEAN[..channels.min(3)].to_vec(),
-            std: OPENAI_CLIP_STD[..channels.min(3)].to_vec(),
+            mean: OPENAI_CLIP_MEAN,
+            std: OPENAI_CLIP_STD,
         }
     }
 
-    /// Reads `image_mean` / `image_std` from a `preprocessor_config.json` (`path` names the file
-    /// in errors); a missing field keeps OpenAI's value. Its `size` / `crop_size` are not used:
-    /// the tower's position embeddings fix the input side.
-    pub fn from_json(text: &str, path: &str, image_size: usize, channels: usize) -> Result<Self> {
+    /// Reads `image_mean` / `image_std` (3 values each) from a `preprocessor_config.json` (`path`
+    /// names the file in errors); a missing field keeps OpenAI's value. Its `size` /
+    /// `crop_size` are not used: the tower's position embeddings fix the input side.
+    pub fn from_json(text: &str, path: &str, image_size: usize) -> Result<Self> {
         let io = |reason: String| Error::Io {
             path: path.to_string(),
             reason,
         };
         let p: PreprocessorJson = serde_json::from_str(text).map_err(|e| io(e.to_string()))?;
-        let mut out = Self::openai(image_size, channels);
+        let mut out = Self::openai(image_size);
         for (field, given, slot) in [
             ("image_mean", p.image_mean, &mut out.mean),
             ("image_std", p.image_std, &mut out.std),
         ] {
             if let Some(v) = given {
-                if v.len() != channels || v.iter().any(|x| !x.is_finite()) {
-                    return Err(io(format!(
-                        "{field} must hold {channels} finite numbers, got {v:?}"
-                    )));
-                }
-                *slot = v;
+                *slot = match <[f32; 3]>::try_from(v.as_slice()) {
+                    Ok(a) if a.iter().all(|x| x.is_finite()) => a,
+                    _ => return Err(io(format!("{field} must hold 3 finite numbers, got {v:?}"))),
+                };
             }
         }
         if out.std.iter().any(|&s| s <= 0.0) {
@@ -83,21 +79,21 @@ impl ClipPreprocess {
         Ok(out)
     }
 
-    /// `(N, C, H, W)` images in `[0, 1]` (`C` = 1 or the tower's channels; any `H, W`) →
-    /// `(N, channels, S, S)` f32 `pixel_values`: bicubic resize, clamp to `[0, 1]`, grey → RGB,
+    /// `(N, C, H, W)` images in `[0, 1]` (`C` = 1 or 3; any `H, W`) →
+    /// `(N, 3, S, S)` f32 `pixel_values`: bicubic resize, clamp to `[0, 1]`, grey → RGB,
     /// `(x − mean) / std` per channel. See the module docs for the resize choice.
     pub fn apply(&self, images: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = images.dims4().map_err(|_| {
             Error::shape(
                 "images",
-                &[usize::MAX, self.channels, usize::MAX, usize::MAX],
+                &[usize::MAX, 3, usize::MAX, usize::MAX],
                 images.dims(),
             )
         })?;
-        if c != 1 && c != self.channels || h == 0 || w == 0 {
+        if c != 1 && c != 3 || h == 0 || w == 0 {
             return Err(Error::shape(
                 "images",
-                &[n, self.channels, usize::MAX, usize::MAX],
+                &[n, 3, usize::MAX, usize::MAX],
                 images.dims(),
             ));
         }
@@ -113,11 +109,11 @@ impl ClipPreprocess {
             x = wh.broadcast_matmul(&x)?;
         }
         let mut x = x.clamp(0f32, 1f32)?;
-        if c == 1 && self.channels != 1 {
-            x = x.broadcast_as((n, self.channels, s, s))?;
+        if c == 1 {
+            x = x.broadcast_as((n, 3, s, s))?;
         }
-        let mean = Tensor::from_slice(&self.mean, (1, self.channels, 1, 1), dev)?;
-        let std = Tensor::from_slice(&self.std, (1, self.channels, 1, 1), dev)?;
+        let mean = Tensor::from_slice(&self.mean, (1, 3, 1, 1), dev)?;
+        let std = Tensor::from_slice(&self.std, (1, 3, 1, 1), dev)?;
         Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?.contiguous()?)
     }
 }
@@ -190,7 +186,7 @@ mod tests {
 
     #[test]
     fn constant_image_stays_constant_and_grey_becomes_rgb() {
-        let p = ClipPreprocess::openai(16, 3);
+        let p = ClipPreprocess::openai(16);
         let img = Tensor::full(0.5f32, (2, 1, 9, 13), &Device::Cpu).unwrap();
         let x = p.apply(&img).unwrap();
         assert_eq!(x.dims(), &[2, 3, 16, 16]);
@@ -204,17 +200,14 @@ mod tests {
 
     #[test]
     fn refuses_wrong_channels_and_bad_json() {
-        let p = ClipPreprocess::openai(16, 3);
+        let p = ClipPreprocess::openai(16);
         let img = Tensor::zeros((1, 2, 8, 8), DType::F32, &Device::Cpu).unwrap();
         assert!(p.apply(&img).unwrap_err().to_string().contains("images"));
-        let e = ClipPreprocess::from_json(r#"{"image_mean": [0.5, 0.5]}"#, "p.json", 16, 3)
+        let e = ClipPreprocess::from_json(r#"{"image_mean": [0.5, 0.5]}"#, "p.json", 16)
             .unwrap_err()
             .to_string();
         assert!(e.contains("p.json") && e.contains("image_mean"), "{e}");
-        let ok = ClipPreprocess::from_json(r#"{"image_std": [1, 2, 3]}"#, "p.json", 16, 3).unwrap();
-        assert_eq!(
-            (ok.mean, ok.std),
-            (OPENAI_CLIP_MEAN.to_vec(), vec![1., 2., 3.])
-        );
+        let ok = ClipPreprocess::from_json(r#"{"image_std": [1, 2, 3]}"#, "p.json", 16).unwrap();
+        assert_eq!((ok.mean, ok.std), (OPENAI_CLIP_MEAN, [1., 2., 3.]));
     }
 }
