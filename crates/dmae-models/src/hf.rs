@@ -469,6 +469,17 @@ fn is_square_sincos(t: &Tensor) -> Result<bool> {
 /// `(config.json, model.safetensors)` paths of a Hub repository, from the cache or downloaded.
 #[cfg(feature = "hf-hub")]
 pub fn hub_files(repo_id: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    Ok((
+        hub_file(repo_id, "config.json")?,
+        hub_file(repo_id, "model.safetensors")?,
+    ))
+}
+
+/// The local path of `file` in Hub repository `repo_id`, from the hf-hub cache (`HF_HOME`) or
+/// downloaded into it. With `HF_HUB_OFFLINE=1` only the cache is read and a missing file is an
+/// error, never a network wait.
+#[cfg(feature = "hf-hub")]
+pub fn hub_file(repo_id: &str, file: &str) -> Result<std::path::PathBuf> {
     let offline = std::env::var("HF_HUB_OFFLINE")
         .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"));
     let err = |reason: String| Error::Io {
@@ -476,21 +487,20 @@ pub fn hub_files(repo_id: &str) -> Result<(std::path::PathBuf, std::path::PathBu
         reason,
     };
     if offline {
-        let cache = hf_hub::Cache::from_env().model(repo_id.to_string());
-        let get = |f: &str| {
-            cache.get(f).ok_or_else(|| {
+        return hf_hub::Cache::from_env()
+            .model(repo_id.to_string())
+            .get(file)
+            .ok_or_else(|| {
                 err(format!(
-                    "{f} is not in the hf-hub cache and HF_HUB_OFFLINE is set"
+                    "{file} is not in the hf-hub cache and HF_HUB_OFFLINE is set"
                 ))
-            })
-        };
-        return Ok((get("config.json")?, get("model.safetensors")?));
+            });
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(false)
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let repo = api.model(repo_id.to_string());
-    let get = |f: &str| repo.get(f).map_err(|e| err(format!("{f}: {e}")));
-    Ok((get("config.json")?, get("model.safetensors")?))
+    api.model(repo_id.to_string())
+        .get(file)
+        .map_err(|e| err(format!("{file}: {e}")))
 }

@@ -57,6 +57,7 @@
 
 pub mod block;
 pub mod checkpoint;
+pub mod clip;
 pub mod config;
 pub mod decoder;
 pub mod embed;
@@ -72,6 +73,10 @@ mod params;
 pub mod pretrain;
 
 pub use checkpoint::{write_atomic, HeadInfo};
+pub use clip::{
+    ClipFeatureConfig, ClipFeatureNorm, ClipPreprocess, ClipVision, ClipVisionOutput,
+    HfClipVisionConfig,
+};
 pub use config::{
     Activation, CrossSource, DataRange, DecoderConfig, DecoderKind, DiffusionConfig, EncoderConfig,
     MaskedInput, ModelConfig, ScheduleKind,
