@@ -19,6 +19,7 @@
 //! | [`pretrain`] | [`Pretraining`]: one pre-training step (mask, noise, encode, decode, loss) |
 //! | [`inpaint`] | [`Inpainting`]: one inpainting call (mask, encode once, sample, paste back), its trajectory |
 //! | [`checkpoint`] | safetensors with the config in the metadata; the tensor-name table |
+//! | [`clip`] | a frozen CLIP vision tower (Hugging Face safetensors), CLIP's pre-processing, patch features as a target |
 //! | [`hf`] | Hugging Face ViTMAE import (local dir, hf-hub), [`DiffMae::mae_forward`] for parity |
 //! | [`mae`] | facebookresearch/mae checkpoint import (`.pth` / `.safetensors`, timm names) |
 //! | [`error`] | [`Error`], [`Result`] |
