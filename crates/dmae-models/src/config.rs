@@ -13,7 +13,9 @@
 //! | [`ModelConfig::norm_eps`] | 1e-6 | MAE's LayerNorm eps (Hugging Face uses 1e-12) |
 //! | [`ModelConfig::norm_pix_loss`] | true | MAE's per-patch normalised target (choice) |
 
-use dmae_diffusion::{BetaSchedule, NoiseSchedule, Prediction, RhoTarget, ScheduleConfig};
+use dmae_diffusion::{
+    BetaSchedule, LossWeighting, NoiseSchedule, Prediction, RhoTarget, ScheduleConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -112,6 +114,18 @@ impl DataRange {
     }
 }
 
+/// How training weighs the losses of different timesteps (see
+/// [`dmae_diffusion::LossWeighting`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    /// Every timestep alike (the paper's DiffMAE loss).
+    #[default]
+    Uniform,
+    /// Min-SNR-γ (Hang et al. 2023) with γ = [`DiffusionConfig::min_snr_gamma`].
+    MinSnr,
+}
+
 /// The diffusion settings a model is trained and sampled with; stored with the model (in
 /// every checkpoint) so a sampler always uses the schedule the model learnt. Checkpoints
 /// written before these settings existed load with the defaults: linear, `T = 1000`, ρ = 1 on
@@ -131,6 +145,10 @@ pub struct DiffusionConfig {
     pub prediction: Prediction,
     /// How pixels are scaled before noise is added.
     pub data_range: DataRange,
+    /// How training weighs the timesteps.
+    pub loss_weighting: Weighting,
+    /// γ of min-SNR weighting.
+    pub min_snr_gamma: f64,
 }
 
 impl Default for DiffusionConfig {
@@ -142,6 +160,8 @@ impl Default for DiffusionConfig {
             rho_target: RhoTarget::AlphaBar,
             prediction: Prediction::X0,
             data_range: DataRange::Unit,
+            loss_weighting: Weighting::Uniform,
+            min_snr_gamma: 5.0,
         }
     }
 }
@@ -157,6 +177,16 @@ impl DiffusionConfig {
             num_timesteps: self.timesteps,
             rho: self.rho,
             rho_target: self.rho_target,
+        }
+    }
+
+    /// The per-timestep loss weighting of training.
+    pub fn loss_weighting(&self) -> LossWeighting {
+        match self.loss_weighting {
+            Weighting::Uniform => LossWeighting::Uniform,
+            Weighting::MinSnr => LossWeighting::MinSnr {
+                gamma: self.min_snr_gamma,
+            },
         }
     }
 
@@ -740,6 +770,12 @@ impl ModelConfig {
             ));
         }
         d.noise_schedule()?;
+        if !(d.min_snr_gamma.is_finite() && d.min_snr_gamma > 0.0) {
+            return Err(Error::config(
+                "diffusion.min_snr_gamma",
+                format!("{} must be positive", d.min_snr_gamma),
+            ));
+        }
         if self.norm_pix_loss && d.prediction != Prediction::X0 && self.is_diffusion() {
             return Err(Error::config(
                 "diffusion.prediction",

@@ -80,7 +80,7 @@ pub use clip::{
 };
 pub use config::{
     Activation, CrossSource, DataRange, DecoderConfig, DecoderKind, DiffusionConfig, EncoderConfig,
-    MaskedInput, ModelConfig, ScheduleKind,
+    MaskedInput, ModelConfig, ScheduleKind, Weighting,
 };
 pub use decoder::{Decoder, Encoded};
 pub use encoder::{Encoder, EncoderOutput};

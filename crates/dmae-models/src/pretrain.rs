@@ -24,7 +24,9 @@ use std::ops::Range;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use dmae_core::DataParallel;
-use dmae_diffusion::{diffuse, MaskIndices, NoiseSchedule, Prediction, RngKey, X0Loss};
+use dmae_diffusion::{
+    diffuse, LossWeighting, MaskIndices, NoiseSchedule, Prediction, RngKey, X0Loss,
+};
 
 use crate::config::{DataRange, ModelConfig};
 use crate::error::{check_shape, Error, Result};
@@ -42,6 +44,8 @@ pub struct Pretraining {
     pub prediction: Prediction,
     /// How pixels are scaled before noise is added (unused in MAE mode).
     pub data_range: DataRange,
+    /// How the timesteps' losses are weighed (unused in MAE mode).
+    pub weighting: LossWeighting,
     /// The regression loss (its `norm_pix` follows [`ModelConfig::norm_pix_loss`]).
     pub loss: X0Loss,
 }
@@ -80,6 +84,7 @@ impl Pretraining {
             schedule: config.diffusion.noise_schedule()?,
             prediction: config.diffusion.prediction,
             data_range: config.diffusion.data_range,
+            weighting: config.diffusion.loss_weighting(),
             loss: X0Loss {
                 norm_pix: config.norm_pix_loss,
                 ..X0Loss::pretraining()
@@ -144,9 +149,19 @@ impl Pretraining {
             &batch.x_t.narrow(0, start, len)?,
             &t_in,
         )?;
-        let loss = self
-            .loss
-            .compute(&pred, &batch.target.narrow(0, start, len)?)?;
+        let target = batch.target.narrow(0, start, len)?;
+        let loss = match self.weighting {
+            // Uniform keeps the plain mean (bit-identical to the unweighted loss).
+            LossWeighting::Uniform => self.loss.compute(&pred, &target)?,
+            w if !batch.t.is_empty() => {
+                let weights: Vec<f64> = t_in
+                    .iter()
+                    .map(|&t| w.weight(&self.schedule, self.prediction, t))
+                    .collect();
+                self.loss.compute_weighted(&pred, &target, &weights)?
+            }
+            _ => self.loss.compute(&pred, &target)?,
+        };
         Ok((loss, pred))
     }
 

@@ -14,9 +14,11 @@ use clap::Parser;
 use dmae_core::optim::{Ema, LrSchedule, MasterWeights};
 use dmae_core::{AdamWConfig, DataParallel};
 use dmae_data::Batch;
+use dmae_diffusion::Prediction;
 use dmae_diffusion::RngKey;
 use dmae_models::{
-    DecoderKind, DiffMae, Inpainting, Masking, ModelConfig, NamedParam, Pretraining, ScheduleKind,
+    DataRange, DecoderKind, DiffMae, Inpainting, Masking, ModelConfig, NamedParam, Pretraining,
+    ScheduleKind, Weighting,
 };
 use serde::Serialize;
 
@@ -66,6 +68,20 @@ pub struct Args {
     /// Diffusion steps T (default: the model's, 1000).
     #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub timesteps: Option<u64>,
+    /// What the decoder predicts (default: the model's, x0).
+    #[arg(long, value_name = "KIND", value_parser = ["x0", "eps", "v"])]
+    pub prediction: Option<String>,
+    /// How pixels enter the diffusion: unit ([0, 1]) or symmetric ([-1, 1]) (default: the
+    /// model's, unit).
+    #[arg(long, value_name = "RANGE", value_parser = ["unit", "symmetric"])]
+    pub data_range: Option<String>,
+    /// Timestep loss weighting: uniform, or min-snr (Hang et al. 2023; γ from
+    /// --min-snr-gamma) (default: the model's, uniform).
+    #[arg(long, value_name = "KIND", value_parser = ["uniform", "min-snr"])]
+    pub loss_weighting: Option<String>,
+    /// γ of min-SNR weighting (default: the model's, 5).
+    #[arg(long, value_name = "G", value_parser = positive)]
+    pub min_snr_gamma: Option<f64>,
     /// Write an inpainting grid of validation images to samples/ every N steps and at the end
     /// (0 turns it off).
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -280,6 +296,28 @@ pub fn model_config(args: &Args, file: &ConfigFile) -> Result<ModelConfig> {
     }
     if let Some(t) = args.timesteps {
         c.diffusion.timesteps = t as usize;
+    }
+    if let Some(p) = &args.prediction {
+        c.diffusion.prediction = match p.as_str() {
+            "eps" => Prediction::Eps,
+            "v" => Prediction::V,
+            _ => Prediction::X0,
+        };
+    }
+    if let Some(r) = &args.data_range {
+        c.diffusion.data_range = match r.as_str() {
+            "symmetric" => DataRange::Symmetric,
+            _ => DataRange::Unit,
+        };
+    }
+    if let Some(w) = &args.loss_weighting {
+        c.diffusion.loss_weighting = match w.as_str() {
+            "min-snr" => Weighting::MinSnr,
+            _ => Weighting::Uniform,
+        };
+    }
+    if let Some(g) = args.min_snr_gamma {
+        c.diffusion.min_snr_gamma = g;
     }
     c.validate().map_err(|e| match &file.model {
         Some(_) => Usage(format!("--config {}: [model]: {e}", file.path)),
