@@ -16,9 +16,10 @@ use dmae_core::{AdamWConfig, DataParallel};
 use dmae_data::Batch;
 use dmae_diffusion::Prediction;
 use dmae_diffusion::RngKey;
+use dmae_models::clip::ClipVision;
 use dmae_models::{
-    DataRange, DecoderKind, DiffMae, Inpainting, Masking, ModelConfig, NamedParam, Pretraining,
-    ScheduleKind, Weighting,
+    ClipTarget, DataRange, DecoderKind, DiffMae, Inpainting, Masking, ModelConfig, NamedParam,
+    Pretraining, ScheduleKind, Target, Weighting,
 };
 use serde::Serialize;
 
@@ -82,6 +83,18 @@ pub struct Args {
     /// γ of min-SNR weighting (default: the model's, 5).
     #[arg(long, value_name = "G", value_parser = positive)]
     pub min_snr_gamma: Option<f64>,
+    /// What the decoder regresses: pixels (DiffMAE), clip (a frozen CLIP tower's patch
+    /// features, by a second head) or pixels+clip (default: the model's, pixels).
+    #[arg(long, value_name = "TARGET", value_parser = ["pixels", "clip", "pixels+clip"])]
+    pub target: Option<String>,
+    /// The CLIP tower for a clip target: a directory with config.json and model.safetensors, or
+    /// a Hugging Face Hub id such as openai/clip-vit-base-patch16 (HF_HUB_OFFLINE=1 reads only
+    /// the cache) (default: the model's, on --resume).
+    #[arg(long, value_name = "REPO_OR_DIR")]
+    pub clip_model: Option<String>,
+    /// Weight of the CLIP feature loss against the pixel loss (default: the model's, 1).
+    #[arg(long, value_name = "W", value_parser = positive)]
+    pub clip_weight: Option<f64>,
     /// Write an inpainting grid of validation images to samples/ every N steps and at the end
     /// (0 turns it off).
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -105,8 +118,8 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         mut args,
     } = trainer::setup("train", args, config_path.as_deref(), &run, argv)?;
     let threads = crate::common::set_threads(args.run.threads)?;
-    let config = model_config(&args, &file)?;
     let device = parse_device(&args.run.device)?;
+    let (config, clip) = clip_target(model_config(&args, &file)?, &args, &device)?;
     let compute = args.run.compute_dtype(&device)?;
     let data = open_training(&args.data, &config, args.run.batch_size, args.run.seed)?;
     let (loader, per_epoch) = (&data.loader, data.batches_per_epoch);
@@ -166,6 +179,9 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         ));
     }
     let mut pre = Pretraining::for_config(&config)?;
+    if let Some(tower) = clip {
+        pre = pre.with_clip(&config, tower)?;
+    }
     if let Some(r) = args.mask_ratio {
         pre.mask = Masking::random(&config, r)?;
     }
@@ -220,7 +236,8 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         if start > 0 { format!(" from step {start}") } else { String::new() },
         dir.display()
     );
-    let preview = if args.sample_every > 0 {
+    // A CLIP-only model has no trained pixel head to inpaint with.
+    let preview = if args.sample_every > 0 && config.diffusion.target != Target::Clip {
         let spec = args.data.parse()?;
         let inputs = crate::sample::read_data(&spec, PREVIEW_COUNT, &config, &device)?;
         let inputs: Vec<Tensor> = inputs.into_iter().map(|(_, t)| t).collect();
@@ -324,6 +341,58 @@ pub fn model_config(args: &Args, file: &ConfigFile) -> Result<ModelConfig> {
         None => Usage(format!("--model {}: {e}", args.model)),
     })?;
     Ok(c)
+}
+
+/// The CLIP target of `--target clip|pixels+clip` (or of the model being resumed): loads the
+/// frozen tower (a directory, or a Hub id through the hf-hub cache) and records it with its
+/// width in `config.diffusion.clip`.
+fn clip_target(
+    mut config: ModelConfig,
+    args: &Args,
+    device: &Device,
+) -> Result<(ModelConfig, Option<std::sync::Arc<ClipVision>>)> {
+    let d = &mut config.diffusion;
+    if let Some(t) = &args.target {
+        d.target = match t.as_str() {
+            "clip" => Target::Clip,
+            "pixels+clip" => Target::PixelsClip,
+            _ => Target::Pixels,
+        };
+    }
+    if d.target == Target::Pixels {
+        d.clip = None;
+        return Ok((config, None));
+    }
+    let model = match (&args.clip_model, &d.clip) {
+        (Some(m), _) => m.clone(),
+        (None, Some(c)) => c.model.clone(),
+        (None, None) => bail!(Usage(
+            "--target: a clip target needs --clip-model REPO_OR_DIR (e.g. openai/clip-vit-base-patch16)".into()
+        )),
+    };
+    let path = Path::new(&model);
+    let tower = if path.is_dir() {
+        ClipVision::from_dir(path, device)
+    } else if crate::import_hf::looks_like_path(&model) {
+        bail!("--clip-model {model}: no such directory")
+    } else {
+        ClipVision::from_hf_hub(&model, device)
+    }
+    .map_err(|e| anyhow::anyhow!("--clip-model {model}: {e}"))?;
+    let previous = d.clip.take();
+    d.clip = Some(ClipTarget {
+        model,
+        dim: tower.dim(),
+        features: previous.as_ref().map(|c| c.features).unwrap_or_default(),
+        weight: args
+            .clip_weight
+            .or(previous.map(|c| c.weight))
+            .unwrap_or(1.0),
+    });
+    config
+        .validate()
+        .map_err(|e| Usage(format!("--target: {e}")))?;
+    Ok((config, Some(std::sync::Arc::new(tower))))
 }
 
 /// DiffMAE pre-training as the loop's [`Task`].
