@@ -637,6 +637,17 @@ fn pixels_and_clip_features_train_together() {
         s(&root.join("samples")),
     ]);
     ok(&[
+        "eval",
+        "--checkpoint",
+        s(&ckpt),
+        "--task",
+        "inpaint",
+        "--steps",
+        "5",
+        "--limit",
+        "16",
+    ]);
+    ok(&[
         "finetune",
         "--init",
         s(&ckpt),
