@@ -108,7 +108,6 @@ pub struct Args {
 /// `--resume`, whose tables go in front of it).
 pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
     // A resumed run starts from its own config.toml; flags still override it.
-    // A resumed run starts from its own config.toml; flags still override it.
     let config_path = args.config.clone();
     let run = args.run.clone();
     let trainer::RunSetup {
