@@ -100,7 +100,7 @@ fn linear_act(
         act,
         act_grad: Mutex::new(None),
     };
-    // Without a bias, a constant zero bias keeps one op (its gradient is computed and dropped).
+    // Without a bias, a constant zero bias keeps one op (it tracks nothing: no gradient is made).
     let b = match bias {
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(d_out, x.dtype(), x.device())?,
@@ -159,29 +159,39 @@ cpu::multiversion! {
     }
 }
 
-/// Backward: `dx = dy W`, `dW = dyᵀ x`, `db = Σ_rows dy`.
-fn backward<T: Real>(op: &Linear, x: &[T], w: &[T], dy: &[T]) -> [Vec<T>; 3] {
+/// Backward: `dx = dy W`, `dW = dyᵀ x`, `db = Σ_rows dy`, each only where `want` asks for it (an
+/// input that is a constant or a frozen weight gets none: the patch embeddings' `dx` is a product
+/// of its own).
+fn backward<T: Real>(
+    op: &Linear,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    want: [bool; 3],
+) -> [Option<Vec<T>>; 3] {
     let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
     let dym = Mat::rows(0, rows, d_out, d_out);
     let xm = Mat::rows(0, rows, d_in, d_in);
-    let dx = cpu::matmul_new(dy, dym, w, Mat::rows(0, d_out, d_in, d_in), T::one());
-    let dw = cpu::matmul_new(dy, dym.t(), x, xm, T::one());
-    let db = dy
-        .par_chunks(cpu::rows_per_task(d_out) * d_out)
-        .fold(
-            || vec![T::zero(); d_out],
-            |mut acc, c| {
-                column_sums(c, d_out, &mut acc);
-                acc
-            },
-        )
-        .reduce(
-            || vec![T::zero(); d_out],
-            |mut a, b| {
-                cpu::axpy(T::one(), &b, &mut a);
-                a
-            },
-        );
+    let dx =
+        want[0].then(|| cpu::matmul_new(dy, dym, w, Mat::rows(0, d_out, d_in, d_in), T::one()));
+    let dw = want[1].then(|| cpu::matmul_new(dy, dym.t(), x, xm, T::one()));
+    let db = want[2].then(|| {
+        dy.par_chunks(cpu::rows_per_task(d_out) * d_out)
+            .fold(
+                || vec![T::zero(); d_out],
+                |mut acc, c| {
+                    column_sums(c, d_out, &mut acc);
+                    acc
+                },
+            )
+            .reduce(
+                || vec![T::zero(); d_out],
+                |mut a, b| {
+                    cpu::axpy(T::one(), &b, &mut a);
+                    a
+                },
+            )
+    });
     [dx, dw, db]
 }
 
@@ -227,10 +237,11 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let want = [x.track_op(), w.track_op(), b.track_op()];
         let dy = dy.contiguous()?;
         let saved = self.act_grad.lock().unwrap_or_else(|e| e.into_inner());
         if self.act.is_some() && saved.is_none() {
@@ -247,29 +258,38 @@ impl CustomOp3 for Linear {
                     w: (&CpuStorage, &Layout),
                     g: (&CpuStorage, &Layout),
                     act_grad: Option<&CpuStorage>,
-                ) -> candle_core::Result<[Tensor; 3]> {
+                    want: [bool; 3],
+                ) -> candle_core::Result<[Option<Tensor>; 3]> {
                     let xv = cpu::slice::<T>(x.0, x.1, OP)?;
                     let wv = cpu::slice::<T>(w.0, w.1, OP)?;
                     let gv = cpu::slice::<T>(g.0, g.1, OP)?;
                     let [dx, dw, db] = match act_grad {
                         // dy · gelu'(x Wᵀ + b), then the linear's own backward.
-                        Some(d) => {
-                            backward(op, xv, wv, &cpu::mul_new(T::cpu_storage_as_slice(d)?, gv))
-                        }
-                        None => backward(op, xv, wv, gv),
+                        Some(d) => backward(
+                            op,
+                            xv,
+                            wv,
+                            &cpu::mul_new(T::cpu_storage_as_slice(d)?, gv),
+                            want,
+                        ),
+                        None => backward(op, xv, wv, gv, want),
                     };
                     Ok([
-                        cpu::tensor(dx, x.1.shape()),
-                        cpu::tensor(dw, w.1.shape()),
-                        cpu::tensor(db, op.d_out),
+                        dx.map(|v| cpu::tensor(v, x.1.shape())),
+                        dw.map(|v| cpu::tensor(v, w.1.shape())),
+                        db.map(|v| cpu::tensor(v, op.d_out)),
                     ])
                 }
                 let act_grad = saved.as_ref();
-                cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl), act_grad))?
+                cpu::dispatch_float!(
+                    OP,
+                    xs,
+                    run(self, (xs, xl), (ws, wl), (gs, gl), act_grad, want)
+                )?
             }
             _ => candle_core::bail!("{OP}: the fused op runs on the CPU only"),
         };
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, dw, db))
     }
 }
 
