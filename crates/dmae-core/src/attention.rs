@@ -58,7 +58,7 @@ pub fn attention(
     };
     let (q, k, v) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
     let op = Attention { dims, scale, mask };
-    Ok(q.apply_op3(&k, &v, op)?)
+    Ok(crate::no_grad::finish(q.apply_op3(&k, &v, op)?))
 }
 
 fn unit_last(t: &Tensor) -> candle_core::Result<Tensor> {
@@ -563,7 +563,9 @@ pub fn attention_qkv(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
         d,
         dv: d,
     };
-    Ok(qkv.contiguous()?.apply_op1(PackedSelf { dims, scale })?)
+    Ok(crate::no_grad::finish(
+        qkv.contiguous()?.apply_op1(PackedSelf { dims, scale })?,
+    ))
 }
 
 struct PackedSelf {

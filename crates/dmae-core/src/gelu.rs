@@ -24,7 +24,9 @@ pub enum Gelu {
 /// Element-wise GELU of `x`, differentiable.
 pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Tensor> {
     check_float(OP, "x", x.dtype(), x.device())?;
-    Ok(x.contiguous()?.apply_op1(GeluOp(kind))?)
+    Ok(crate::no_grad::finish(
+        x.contiguous()?.apply_op1(GeluOp(kind))?,
+    ))
 }
 
 struct GeluOp(Gelu);
@@ -157,7 +159,7 @@ pub(crate) fn forward_with_grad_new<T: Real>(kind: Gelu, x: &[T]) -> (Vec<T>, Ve
 }
 
 /// `gelu(x)` element-wise into a new vector (each element written once, in parallel chunks).
-fn forward_new<T: Real>(kind: Gelu, x: &[T]) -> Vec<T> {
+pub(crate) fn forward_new<T: Real>(kind: Gelu, x: &[T]) -> Vec<T> {
     let mut y = Vec::with_capacity(x.len());
     y.spare_capacity_mut()[..x.len()]
         .par_chunks_mut(CHUNK)

@@ -49,7 +49,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     }
     let x = x.contiguous()?;
     let (w, b) = (weight.contiguous()?, bias.contiguous()?);
-    Ok(x.apply_op3(&w, &b, LayerNorm { eps })?)
+    Ok(crate::no_grad::finish(x.apply_op3(
+        &w,
+        &b,
+        LayerNorm { eps },
+    )?))
 }
 
 struct LayerNorm {

@@ -17,6 +17,7 @@
 //! | [`AdamW`] | `adamw` | fused AdamW step |
 //! | [`linear`], [`linear_gelu`] | `linear` | `x Wᵀ + b` (and `gelu(x Wᵀ + b)`) with its three gradients |
 //! | [`DataParallel`] | `data_parallel` | a batch split over CPU thread groups, gradients summed |
+//! | [`no_grad`] | `no_grad` | inference mode: the ops skip what only a backward needs (sampling) |
 //!
 //! [`reference`](mod@reference) holds the same functions composed from plain candle ops (the baseline of the tests
 //! and of `cargo xtask bench ops`), and [`gradcheck`] the finite-difference checker.
@@ -49,6 +50,7 @@ mod gelu;
 pub mod gradcheck;
 mod layer_norm;
 mod linear;
+mod no_grad;
 mod patch;
 pub mod reference;
 mod softmax;
@@ -64,6 +66,7 @@ pub use error::{Error, Result};
 pub use gelu::{gelu, Gelu};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu};
+pub use no_grad::{grad_enabled, no_grad};
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
 pub use softmax::softmax;
 pub use threads::{configure_threads, DEFAULT_SPIN_LIMIT};

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::cpu::{self, Mat, Real};
 use crate::error::{check_float, check_same_dtype, invalid, shape_mismatch, Result};
 use crate::gelu::{self, Gelu};
+use crate::no_grad;
 
 const OP: &str = "linear";
 
@@ -92,20 +93,22 @@ fn linear_act(
             None => Ok(y),
         };
     }
+    // Without a bias, a constant zero bias keeps one op (it tracks nothing: no gradient is made).
+    let b = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(d_out, x.dtype(), x.device())?,
+    };
+    let (x, w) = (x.contiguous()?, weight.contiguous()?);
     let op = Linear {
         rows,
         d_in,
         d_out,
         out_shape: Shape::from(out_dims),
         act,
+        save_act_grad: act.is_some() && no_grad::needs_grad(&[&x, &w, &b]),
         act_grad: Mutex::new(None),
     };
-    // Without a bias, a constant zero bias keeps one op (it tracks nothing: no gradient is made).
-    let b = match bias {
-        Some(b) => b.contiguous()?,
-        None => Tensor::zeros(d_out, x.dtype(), x.device())?,
-    };
-    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &b, op)?)
+    Ok(no_grad::finish(x.apply_op3(&w, &b, op)?))
 }
 
 struct Linear {
@@ -114,6 +117,9 @@ struct Linear {
     d_out: usize,
     out_shape: Shape,
     act: Option<Gelu>,
+    /// Whether the forward keeps the activation's derivative (not in inference mode, see
+    /// [`crate::no_grad`]).
+    save_act_grad: bool,
     /// With an activation, its derivative at `x Wᵀ + b`, saved by the forward pass (which
     /// computes it beside the value for little extra work) so that the backward is one product.
     act_grad: Mutex<Option<CpuStorage>>,
@@ -220,12 +226,13 @@ impl CustomOp3 for Linear {
             let b = cpu::slice::<T>(b.0, b.1, OP)?;
             let h = forward(op, x, w, b);
             Ok(T::to_cpu_storage_owned(match op.act {
-                Some(kind) => {
+                Some(kind) if op.save_act_grad => {
                     let (y, d) = gelu::forward_with_grad_new(kind, &h);
                     let mut saved = op.act_grad.lock().unwrap_or_else(|e| e.into_inner());
                     *saved = Some(T::to_cpu_storage_owned(d));
                     y
                 }
+                Some(kind) => gelu::forward_new(kind, &h),
                 None => h,
             }))
         }
@@ -359,6 +366,31 @@ mod tests {
             ],
             1e-3,
         );
+    }
+
+    /// Inference mode gives the same values (detached), and an input that tracks no gradient
+    /// gets none, while the others still do.
+    #[test]
+    fn inference_mode_and_constant_inputs() {
+        let x = randn(&[3, 7, 5], 1)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let w =
+            candle_core::Var::from_tensor(&randn(&[6, 5], 2).to_dtype(x.dtype()).unwrap()).unwrap();
+        let b =
+            candle_core::Var::from_tensor(&randn(&[6], 3).to_dtype(x.dtype()).unwrap()).unwrap();
+        for kind in [None, Some(Gelu::Erf), Some(Gelu::Tanh)] {
+            let f = || linear_act(&x, &w, Some(&b), kind).unwrap();
+            let (y, y_inf) = (f(), crate::no_grad(f));
+            assert!(y.track_op() && !y_inf.track_op());
+            assert_eq!(
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y_inf.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(&x).is_none(), "a constant input got a gradient");
+            assert!(grads.get(w.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
+        }
     }
 
     #[test]
