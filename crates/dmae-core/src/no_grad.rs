@@ -3,7 +3,8 @@
 //! A sampling step runs the decoder on weights that are `Var`s, so every op sees inputs that
 //! track gradients, and a fused op cannot tell from its inputs that nobody will ever call its
 //! backward. Inside [`no_grad`] it can: `linear_gelu` computes GELU's value only (not its
-//! derivative, kept otherwise for the backward), and every dmae-core op returns a detached tensor, so no graph links one op's output to the next (candle's
+//! derivative, kept otherwise for the backward), `attention` keeps no probabilities, and every
+//! dmae-core op returns a detached tensor, so no graph links one op's output to the next (candle's
 //! own ops in between still record theirs, as they always do; gradients stop at every dmae-core op).
 //! PyTorch's `torch.no_grad()` is the same idea.
 //!
