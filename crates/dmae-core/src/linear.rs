@@ -154,6 +154,20 @@ fn forward<T: Real>(op: &Linear, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     y
 }
 
+/// `x Wᵀ` alone, written once by gemm. With the bias added afterwards, `(x Wᵀ) + b` is rounded
+/// exactly as [`forward`]'s `b + x Wᵀ` whenever gemm does not split the inner dimension (up to
+/// 512 at least, every DiffMAE-tiny layer).
+fn product<T: Real>(op: &Linear, x: &[T], w: &[T]) -> Vec<T> {
+    let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
+    cpu::matmul_new(
+        x,
+        Mat::rows(0, rows, d_in, d_in),
+        w,
+        Mat::rows(0, d_out, d_in, d_in).t(),
+        T::one(),
+    )
+}
+
 cpu::multiversion! {
     /// `acc += sum of the rows of dy` (rows of `d` elements).
     fn column_sums<T: Real>(dy: &[T], d: usize, acc: &mut [T]) {
@@ -224,16 +238,19 @@ impl CustomOp3 for Linear {
             let x = cpu::slice::<T>(x.0, x.1, OP)?;
             let w = cpu::slice::<T>(w.0, w.1, OP)?;
             let b = cpu::slice::<T>(b.0, b.1, OP)?;
-            let h = forward(op, x, w, b);
             Ok(T::to_cpu_storage_owned(match op.act {
-                Some(kind) if op.save_act_grad => {
-                    let (y, d) = gelu::forward_with_grad_new(kind, &h);
-                    let mut saved = op.act_grad.lock().unwrap_or_else(|e| e.into_inner());
-                    *saved = Some(T::to_cpu_storage_owned(d));
+                None => forward(op, x, w, b),
+                Some(kind) => {
+                    // The bias is added in the activation's pass, not written into the product's
+                    // rows first (one pass over the widest output of a block fewer).
+                    let h = product(op, x, w);
+                    let (y, d) = gelu::forward_bias_new(kind, &h, b, op.save_act_grad);
+                    if let Some(d) = d {
+                        let mut saved = op.act_grad.lock().unwrap_or_else(|e| e.into_inner());
+                        *saved = Some(T::to_cpu_storage_owned(d));
+                    }
                     y
                 }
-                Some(kind) => gelu::forward_new(kind, &h),
-                None => h,
             }))
         }
         let y = cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (bs, bl)))?;
