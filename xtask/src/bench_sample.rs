@@ -1,12 +1,13 @@
-//! `cargo xtask bench sample`: inpainting with DDIM, the encoder run once, the decoder per step, with
-//! and without the cache of every cross-attention block's K/V of the encoder features.
+//! `cargo xtask bench sample`: inpainting with DDIM through `dmae_models::Inpainting` (the
+//! encoder run once, the decoder per step), with and without the cache of every cross-attention
+//! block's K/V of the encoder features.
 
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
-use dmae_diffusion::{MaskStrategy, NoiseSchedule, PatchGrid, RngKey, Sampler, SamplerKind};
-use dmae_models::{DiffMae, ModelConfig, TokenMask};
+use candle_core::Tensor;
+use dmae_diffusion::{RngKey, SamplerKind};
+use dmae_models::{DiffMae, Inpainting, Masking, ModelConfig};
 
 #[derive(clap::Args)]
 pub struct SampleArgs {
@@ -16,7 +17,7 @@ pub struct SampleArgs {
     /// Images sampled at once.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// DDIM steps (of T = 1000).
+    /// DDIM steps (of the model's T).
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Fraction of patches masked (random mask).
@@ -30,123 +31,77 @@ pub struct SampleArgs {
     threads: Option<usize>,
 }
 
+/// Random images of `cfg`'s input shape (the cost of sampling does not depend on the pixels).
+fn random_images(cfg: &ModelConfig, batch: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let mut shape = vec![batch];
+    shape.extend(cfg.input_dims());
+    Ok(Tensor::rand(0f32, 1., shape, dev)?)
+}
+
+/// Seconds of one inpainting call of `inpainting` on `images`, after the device is idle.
+fn timed(inpainting: &Inpainting, model: &DiffMae, images: &Tensor) -> Result<f64> {
+    let dev = images.device();
+    dev.synchronize()?;
+    let start = Instant::now();
+    inpainting.run(model, images, RngKey::new(1, 0))?;
+    dev.synchronize()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
 /// Seconds for one DDIM inpainting of `batch` random images, timed as the PyTorch reference
-/// times its `sample`: a 5-step warm-up first, then the encoder once (random 75% mask) and
-/// `steps` decodes, each split over the CPU shards of `threads` threads.
+/// times its `sample`: a 5-step warm-up first, then one call (encoder once on a random 75%
+/// mask, `steps` decodes, each split over the CPU shards of the current thread count).
 pub(crate) fn time_inpaint(
     model: &DiffMae,
     batch: usize,
     steps: usize,
-    threads: usize,
     dev: &candle_core::Device,
 ) -> Result<f64> {
     let cfg = model.config();
-    let (rows, cols) = cfg.grid();
-    let mask = MaskStrategy::random(0.75)?.sample(
-        PatchGrid::new(rows, cols),
-        batch,
-        RngKey::new(0, 0),
-        dev,
-    )?;
-    let masking = TokenMask::from(&mask);
-    let patches = Tensor::randn(0f32, 1., (batch, cfg.num_patches(), cfg.patch_dim()), dev)?;
-    let (x0_v, x0_m) = mask.split(&patches)?;
-    let shards = dmae_core::DataParallel::for_device(dev, threads, batch)?;
-    let once = |steps: usize| -> Result<f64> {
-        let start = Instant::now();
-        let ctx = model.encode(&x0_v, &masking)?;
-        let sampler = Sampler::new(
-            NoiseSchedule::linear(1000)?,
+    let images = random_images(cfg, batch, dev)?;
+    let ddim = |steps| {
+        Inpainting::new(
+            cfg,
+            Masking::random(cfg, 0.75)?,
             SamplerKind::Ddim { steps, eta: 0.0 },
-        )?;
-        let mut den = model.denoiser(&ctx, &masking).sharded(&shards);
-        sampler.sample(&mut den, x0_m.dims(), DType::F32, dev, RngKey::new(1, 0))?;
-        dev.synchronize()?;
-        Ok(start.elapsed().as_secs_f64())
+        )
     };
-    once(5)?;
-    once(steps)
+    timed(&ddim(5)?, model, &images)?;
+    timed(&ddim(steps)?, model, &images)
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
     // Before any tensor op: thread count and candle's pool settings (see dmae_core::configure_threads).
-    let threads = dmae_core::configure_threads(args.threads);
+    dmae_core::configure_threads(args.threads);
     let dev = crate::device(&args.device)?;
     let cfg = ModelConfig::preset(&args.model)?;
     let model = DiffMae::new(cfg.clone(), 0, &dev)?;
-    let (rows, cols) = cfg.grid();
-    let mask = MaskStrategy::random(args.mask_ratio)?.sample(
-        PatchGrid::new(rows, cols),
-        args.batch,
-        RngKey::new(0, 0),
-        &dev,
-    )?;
-    let masking = TokenMask::from(&mask);
-    let patches = Tensor::randn(
-        0f32,
-        1.,
-        (args.batch, cfg.num_patches(), cfg.patch_dim()),
-        &dev,
-    )?;
-    let (x0_v, _) = mask.split(&patches)?;
-    let sampler = Sampler::new(
-        NoiseSchedule::linear(1000)?,
-        SamplerKind::Ddim {
-            steps: args.steps,
-            eta: 0.0,
-        },
-    )?;
-    let masked = mask.masked().dim(1)?;
-    let shape = (args.batch, masked, cfg.patch_dim());
+    let images = random_images(&cfg, args.batch, &dev)?;
+    let mask = Masking::random(&cfg, args.mask_ratio)?;
+    let ddim = |steps| Inpainting::new(&cfg, mask.clone(), SamplerKind::Ddim { steps, eta: 0.0 });
     println!(
         "DDIM {} steps, {} images, preset {} ({:?} decoder), {} of {} patches masked, device {dev:?}",
         args.steps,
         args.batch,
         args.model,
         cfg.decoder.kind,
-        masked,
+        mask.num_masked(&cfg)?,
         cfg.num_patches()
     );
     println!();
-    // Warm-up, then the encoder once (it also fills the K/V cache of every cross-attention block).
-    model.encode(&x0_v, &masking)?;
-    let start = Instant::now();
-    let ctx = model.encode(&x0_v, &masking)?;
-    dev.synchronize()?;
+    // Warm-up (first-touch memory, kernel loading), then the encoder and one decode alone: a
+    // one-step DDIM call is the encoder plus one decoder call.
+    timed(&ddim(5)?, &model, &images)?;
+    let one = timed(&ddim(1)?, &model, &images)?;
     println!(
-        "encode (visible patches, K/V cache filled): {:.1} ms",
-        start.elapsed().as_secs_f64() * 1e3
+        "one-step call (encoder once + one decode): {:.1} ms",
+        one * 1e3
     );
     println!();
-    // Warm-up of the decoder too (as the reference's 5-step sample), so the first timed run does
-    // not pay for first-touch memory.
-    let warm = Sampler::new(
-        NoiseSchedule::linear(1000)?,
-        SamplerKind::Ddim { steps: 5, eta: 0.0 },
-    )?;
-    // Each decode split over CPU thread groups, as `dmae sample` does.
-    let shards = dmae_core::DataParallel::for_device(&dev, threads, args.batch)?;
-    warm.sample(
-        &mut model.denoiser(&ctx, &masking).sharded(&shards),
-        shape,
-        DType::F32,
-        &dev,
-        RngKey::new(2, 0),
-    )?;
-    println!("| K/V cache | sampling s (all steps) | ms per step |");
+    println!("| K/V cache | sampling s (encoder + all steps) | ms per step |");
     println!("|---|---:|---:|");
     for cached in [true, false] {
-        let ctx = if cached {
-            ctx.clone()
-        } else {
-            ctx.without_cache()
-        };
-        let mut denoiser = model.denoiser(&ctx, &masking).sharded(&shards);
-        let start = Instant::now();
-        let out = sampler.sample(&mut denoiser, shape, DType::F32, &dev, RngKey::new(1, 0))?;
-        dev.synchronize()?;
-        let secs = start.elapsed().as_secs_f64();
-        anyhow::ensure!(out.x0.dims() == [args.batch, masked, cfg.patch_dim()]);
+        let secs = timed(&ddim(args.steps)?.with_kv_cache(cached), &model, &images)?;
         println!(
             "| {} | {secs:.3} | {:.1} |",
             if cached { "on" } else { "off" },

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use dmae_core::optim::MasterWeights;
 use dmae_core::{AdamW, AdamWConfig, DataParallel, Param};
 use dmae_data::{bundled_mnist, Dataset, Split};
 use dmae_diffusion::RngKey;
@@ -103,7 +104,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 &model,
                 t.sample_imgs as usize,
                 t.sample_steps as usize,
-                threads,
                 &dev,
             )?)
         }
@@ -202,12 +202,6 @@ pub(crate) fn images(cfg: &ModelConfig, batch: usize, step: usize, dev: &Device)
     Ok(Tensor::rand(0f32, 1.0, shape, dev)?)
 }
 
-/// bf16 training keeps f32 master weights: the optimiser updates them from f32 copies of the
-/// bf16 gradients, and the bf16 weights are refreshed from them after each step.
-struct Masters {
-    vars: Vec<(Var, Var)>,
-}
-
 fn measure(
     args: &TrainArgs,
     cfg: &ModelConfig,
@@ -218,29 +212,21 @@ fn measure(
     let model = DiffMae::new_with_dtype(cfg.clone(), 0, dev, dtype)?;
     let pre = Pretraining::for_config(cfg)?;
     let shards = DataParallel::for_device(dev, threads, args.batch)?;
+    // bf16 training keeps f32 master weights (dmae_core::optim::MasterWeights): the optimiser
+    // updates them from f32 copies of the bf16 gradients, the bf16 weights follow.
     let masters = if dtype == DType::F32 {
         None
     } else {
-        Some(Masters {
-            vars: model
-                .named_params()
-                .iter()
-                .map(|p| {
-                    Ok((
-                        p.var.clone(),
-                        Var::from_tensor(&p.var.to_dtype(DType::F32)?)?,
-                    ))
-                })
-                .collect::<Result<_>>()?,
-        })
+        let work: Vec<Var> = model.named_params().iter().map(|p| p.var.clone()).collect();
+        Some(MasterWeights::from_work(&work)?)
     };
     let params: Vec<Param> = match &masters {
         None => model.optimizer_params(0.05),
         Some(m) => model
             .named_params()
             .iter()
-            .zip(&m.vars)
-            .map(|(p, (_, master))| Param::new(master.clone(), if p.decays() { 0.05 } else { 0.0 }))
+            .zip(m.masters())
+            .map(|(p, master)| Param::new(master, if p.decays() { 0.05 } else { 0.0 }))
             .collect(),
     };
     let mut opt = AdamW::new(params, AdamWConfig::default())?;
@@ -275,19 +261,12 @@ fn measure(
             dev.synchronize()?;
         }
         let t2 = Instant::now();
-        match &masters {
-            None => opt.step(&grads)?,
-            Some(m) => {
-                for (var, master) in &m.vars {
-                    if let Some(g) = grads.remove(var.as_tensor()) {
-                        grads.insert(master.as_tensor(), g.to_dtype(DType::F32)?);
-                    }
-                }
-                opt.step(&grads)?;
-                for (var, master) in &m.vars {
-                    var.set(&master.as_tensor().to_dtype(dtype)?)?;
-                }
-            }
+        if let Some(m) = &masters {
+            m.to_masters(&mut grads)?;
+        }
+        opt.step(&grads)?;
+        if let Some(m) = &masters {
+            m.refresh_work()?;
         }
         dev.synchronize()?;
         let t3 = Instant::now();

@@ -1,16 +1,16 @@
 //! Learning curves of a recipe: one `metrics.jsonl` field against the step for groups of runs
-//! (the seeds of a group averaged), as a table in the summary and a PNG figure.
+//! (the seeds of a group averaged), as a table in the summary and an SVG figure (title, axes with
+//! ticks and labels, a legend naming each group; drawn by `dmae::plot`, the plot writer of the
+//! `dmae` command).
 //!
 //! ```toml
 //! [[curve]]
 //! title = "Fine-tuning: validation top-1"
 //! metric = "val_top1"                       # a field of the runs' metrics.jsonl rows
-//! file = "finetune-val-top1"                # {out}/figures/curves/<file>.png
+//! file = "finetune-val-top1"                # {out}/figures/curves/<file>.svg
 //! runs = [{ label = "DiffMAE", dirs = "{out}/finetune-diffmae-s*" },
 //!         { label = "scratch", dirs = "{out}/finetune-scratch-s*" }]
 //! ```
-//! The figure has no text (the plotting backend is built without fonts): the summary names the
-//! colour of each group, and the table beside it carries the numbers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,15 +37,8 @@ pub struct CurveRuns {
     pub dirs: String,
 }
 
-/// Line colours in group order, with the names the summary uses for them.
-const COLOURS: [((u8, u8, u8), &str); 6] = [
-    ((31, 119, 180), "blue"),
-    ((255, 127, 14), "orange"),
-    ((127, 127, 127), "grey"),
-    ((44, 160, 44), "green"),
-    ((214, 39, 40), "red"),
-    ((148, 103, 189), "purple"),
-];
+/// At most this many groups per figure (the plot palette's colours).
+const MAX_GROUPS: usize = dmae::plot::PALETTE.len();
 
 /// Rows of the summary table (the figure keeps every logged step).
 const TABLE_ROWS: usize = 10;
@@ -74,11 +67,11 @@ fn read_metric(dir: &Path, metric: &str) -> Result<Vec<(u64, f64)>> {
     Ok(out)
 }
 
-/// Renders `curve` (patterns already substituted into `groups`): writes the PNG to `png` and
-/// returns the summary's markdown.
-pub fn render(curve: &Curve, groups: &[(String, Vec<PathBuf>)], png: &Path) -> Result<String> {
-    if groups.len() > COLOURS.len() {
-        bail!("curve {:?}: at most {} groups", curve.title, COLOURS.len());
+/// Renders `curve` (patterns already substituted into `groups`): writes the SVG figure to `path`
+/// with its extension set to `.svg`, and returns the summary's markdown.
+pub fn render(curve: &Curve, groups: &[(String, Vec<PathBuf>)], path: &Path) -> Result<String> {
+    if groups.len() > MAX_GROUPS {
+        bail!("curve {:?}: at most {MAX_GROUPS} groups", curve.title);
     }
     let mut series: Vec<(&str, Series)> = Vec::new();
     for (label, dirs) in groups {
@@ -101,21 +94,17 @@ pub fn render(curve: &Curve, groups: &[(String, Vec<PathBuf>)], png: &Path) -> R
         }
         series.push((label, s));
     }
-    draw(&series, png).map_err(|e| anyhow::anyhow!("drawing {}: {e}", png.display()))?;
+    let svg = path.with_extension("svg");
+    figure(curve, &series)
+        .write(&svg)
+        .with_context(|| format!("writing {}", svg.display()))?;
 
     let mut md = String::new();
-    let legend: Vec<String> = series
-        .iter()
-        .zip(COLOURS)
-        .map(|((label, _), (_, name))| format!("{name}: {label}"))
-        .collect();
     let _ = writeln!(md, "### {}\n", curve.title);
     let _ = writeln!(
         md,
-        "`{}` against the step, mean over seeds; figure `curves/{}.png` ({}).\n",
-        curve.metric,
-        curve.file,
-        legend.join(", ")
+        "`{}` against the step, mean over seeds; figure `curves/{}.svg`.\n",
+        curve.metric, curve.file,
     );
     let labels: Vec<&str> = series.iter().map(|(l, _)| *l).collect();
     let _ = writeln!(md, "| step | {} |", labels.join(" | "));
@@ -148,55 +137,22 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-fn draw(
-    series: &[(&str, Series)],
-    png: &Path,
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
-    let points: Vec<Vec<(f64, f64)>> = series
-        .iter()
-        .map(|(_, s)| s.iter().map(|(k, v)| (*k as f64, mean(v))).collect())
-        .collect();
-    let all = points.iter().flatten();
-    let (x_max, lo, hi) = all.fold(
-        (1f64, f64::INFINITY, f64::NEG_INFINITY),
-        |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)),
-    );
-    // Accuracies share the fixed 0..1 axis (one tenth per grid line), so figures compare.
-    let (lo, hi, grid) = if lo >= 0.0 && hi <= 1.0 {
-        (0.0, 1.0, 0.1)
-    } else {
-        let pad = (hi - lo).max(1e-12) * 0.05;
-        (lo - pad, hi + pad, (hi - lo).max(1e-12) / 10.0)
-    };
-    if let Some(dir) = png.parent() {
-        std::fs::create_dir_all(dir)?;
+/// The figure: one line per group (the mean over its runs at each step), the metric's name on the
+/// y axis; fractions in `[0, 1]` (accuracies) share a fixed `0..1` axis so that figures compare.
+fn figure(curve: &Curve, series: &[(&str, Series)]) -> dmae::plot::Plot {
+    let mut plot = dmae::plot::Plot::new(curve.title.as_str(), "step", curve.metric.as_str());
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (label, s) in series {
+        let points: Vec<(f64, f64)> = s.iter().map(|(k, v)| (*k as f64, mean(v))).collect();
+        for p in &points {
+            (lo, hi) = (lo.min(p.1), hi.max(p.1));
+        }
+        plot = plot.line(*label, points);
     }
-    let root = BitMapBackend::new(png, (640, 400)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let area = root.margin(10, 10, 10, 10);
-    let mut chart = ChartBuilder::on(&area).build_cartesian_2d(0f64..x_max, lo..hi)?;
-    let mut y = lo;
-    while y <= hi + 1e-9 {
-        chart.draw_series(LineSeries::new(
-            [(0.0, y), (x_max, y)],
-            RGBColor(225, 225, 225).stroke_width(1),
-        ))?;
-        y += grid;
+    if lo >= 0.0 && hi <= 1.0 && (curve.metric.contains("top") || curve.metric.contains("acc")) {
+        plot = plot.y_range(0.0, 1.0).y_scale(dmae::plot::Scale::Linear);
     }
-    for (p, ((r, g, b), _)) in points.iter().zip(COLOURS) {
-        chart.draw_series(LineSeries::new(
-            p.iter().copied(),
-            RGBColor(r, g, b).stroke_width(2),
-        ))?;
-        chart.draw_series(
-            p.iter()
-                .map(|&q| Circle::new(q, 3, RGBColor(r, g, b).filled())),
-        )?;
-    }
-    area.draw(&Rectangle::new([(0, 0), (619, 379)], BLACK.stroke_width(1)))?;
-    root.present()?;
-    Ok(())
+    plot
 }
 
 #[cfg(test)]
@@ -204,7 +160,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn curves_average_seeds_and_draw_a_png() {
+    fn curves_average_seeds_and_draw_a_labelled_svg() {
         let root = std::env::temp_dir().join(format!("dmae-curves-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let rows = |vals: &[(u64, f64)]| -> String {
@@ -236,13 +192,23 @@ mod tests {
             md.contains("| 10 | 0.3000 ± 0.1414 (n=2) | 0.1000 |"),
             "{md}"
         );
-        assert!(md.contains("blue: A, orange: B"), "{md}");
+        assert!(md.contains("figure `curves/f.svg`"), "{md}");
         assert!(
             md.contains("| 20 | 0.5000 ± 0.1414 (n=2) | 0.3000 |"),
             "{md}"
         );
-        let img = image::open(&png).unwrap();
-        assert_eq!((img.width(), img.height()), (640, 400));
+        // The figure names what it shows: title, axes, one legend entry per group.
+        let svg = std::fs::read_to_string(root.join("curves/f.svg")).unwrap();
+        for text in [
+            ">t</text>",
+            ">step</text>",
+            ">val_top1</text>",
+            ">A</text>",
+            ">B</text>",
+        ] {
+            assert!(svg.contains(text), "{text} not in the SVG");
+        }
+        assert!(!png.exists());
 
         let missing = Curve {
             metric: "val_top5".into(),

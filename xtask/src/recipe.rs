@@ -375,8 +375,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 glob_simple(&substitute(&r.dirs, &vars, &what)?)?,
             ));
         }
-        let png = out.join("figures/curves").join(format!("{}.png", c.file));
-        curves.push_str(&crate::curves::render(c, &groups, &png)?);
+        let svg = out.join("figures/curves").join(format!("{}.svg", c.file));
+        curves.push_str(&crate::curves::render(c, &groups, &svg)?);
     }
     let summary = summary_markdown(&recipe, &label, &args, &tables, &curves, &log);
     std::fs::write(out.join("summary.md"), &summary)?;
@@ -563,7 +563,7 @@ fn publish(recipe: &Recipe, label: &str, out: &Path, summary: &str) -> Result<()
     std::fs::write(dir.join("summary.md"), &summary)?;
     let vars = BTreeMap::from([("out".to_string(), out.display().to_string())]);
     let mut copied = 0;
-    let curves = format!("{}/figures/curves/*.png", out.display());
+    let curves = format!("{}/figures/curves/*.svg", out.display());
     let curves = (!recipe.curve.is_empty()).then_some(&curves);
     for pattern in recipe.figures.iter().chain(curves) {
         let pattern = substitute(pattern, &vars, "figures")?;

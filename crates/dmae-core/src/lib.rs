@@ -18,6 +18,8 @@
 //! | [`linear`], [`linear_gelu`] | `linear` | `x Wᵀ + b` (and `gelu(x Wᵀ + b)`) with its three gradients |
 //! | [`DataParallel`] | `data_parallel` | a batch split over CPU thread groups, gradients summed |
 //! | [`no_grad`] | `no_grad` | inference mode: the ops skip what only a backward needs (sampling) |
+//! | [`optim`] | `optim` | the recipe around AdamW: lr scaling and schedule, clipping, accumulation, EMA, f32 master weights |
+//! | [`rng`] | `rng` | keyed ChaCha8 streams behind every random draw of the workspace |
 //!
 //! [`reference`](mod@reference) holds the same functions composed from plain candle ops (the baseline of the tests
 //! and of `cargo xtask bench ops`), and [`gradcheck`] the finite-difference checker.
@@ -51,8 +53,10 @@ pub mod gradcheck;
 mod layer_norm;
 mod linear;
 mod no_grad;
+pub mod optim;
 mod patch;
 pub mod reference;
+pub mod rng;
 mod softmax;
 #[cfg(test)]
 mod testutil;
@@ -69,5 +73,5 @@ pub use linear::{linear, linear_gelu};
 pub use no_grad::{grad_enabled, no_grad};
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
 pub use softmax::softmax;
-pub use threads::{configure_threads, DEFAULT_SPIN_LIMIT};
+pub use threads::{check_threads, configure_threads, DEFAULT_SPIN_LIMIT, MAX_THREADS};
 pub use tokens::{gather_tokens, scatter_tokens};

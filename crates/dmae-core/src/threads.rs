@@ -27,10 +27,34 @@
 //! disables trimming, so freed buffers are reused from the heap; this cut the CPU time of 20 DDIM
 //! steps by about a third.
 
+use crate::error::{Error, Result};
+
 /// Spin iterations of candle's barrier-pool workers before they park, when the user has not set
 /// `CANDLE_BARRIER_POOL_SPIN_LIMIT`: long enough to catch back-to-back element-wise ops, short
 /// enough not to steal a core from the next matmul.
 pub const DEFAULT_SPIN_LIMIT: u32 = 200;
+
+/// Most worker threads [`configure_threads`] starts: more than the logical cores of current
+/// machines (a count over the core count only adds contention), and few enough that starting them
+/// is instant. A larger request (`--threads 100000` started threads without end) is clamped here;
+/// a program checks user input first with [`check_threads`] to report it as a usage error.
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks a thread count given by a user: `1..=`[`MAX_THREADS`]. Returns the count, or an
+/// [`Error::InvalidArgument`] saying what is allowed.
+pub fn check_threads(n: usize) -> Result<usize> {
+    if (1..=MAX_THREADS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(Error::InvalidArgument {
+            op: "threads",
+            msg: format!(
+                "{n} threads: expected 1 to {MAX_THREADS} (dmae_core::MAX_THREADS; this machine has {} cores)",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+        })
+    }
+}
 
 /// Configures the CPU thread pools; call it first thing in `main`, before any tensor op and before
 /// other threads start (it sets environment variables, which is not thread-safe).
@@ -39,6 +63,8 @@ pub const DEFAULT_SPIN_LIMIT: u32 = 200;
 ///   (`None`: keep `RAYON_NUM_THREADS` if set, else all cores, as candle does);
 /// - sets `CANDLE_NUM_THREADS=1` (candle's element-wise ops on the calling thread, no barrier) and
 ///   `CANDLE_BARRIER_POOL_SPIN_LIMIT` to [`DEFAULT_SPIN_LIMIT`], each unless the user set it.
+///
+/// Counts over [`MAX_THREADS`] (given here or in `RAYON_NUM_THREADS`) are clamped to it.
 ///
 /// Returns the thread count in effect (with `None`: the count the pool will start with). A call
 /// with `None` does not start rayon's global pool, so a later call with `Some(n)` (a `--threads`
@@ -55,7 +81,14 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
         );
     }
     keep_freed_memory();
-    match threads.filter(|&n| n > 0) {
+    if std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u128>().ok())
+        .is_some_and(|n| n > MAX_THREADS as u128)
+    {
+        std::env::set_var("RAYON_NUM_THREADS", MAX_THREADS.to_string());
+    }
+    match threads.filter(|&n| n > 0).map(|n| n.min(MAX_THREADS)) {
         Some(n) => {
             // candle sizes its barrier pool and gemm's parallelism from RAYON_NUM_THREADS.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -98,6 +131,21 @@ fn keep_freed_memory() {
         unsafe {
             mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD);
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_thread_counts_are_refused() {
+        assert_eq!(check_threads(1).unwrap(), 1);
+        assert_eq!(check_threads(MAX_THREADS).unwrap(), MAX_THREADS);
+        for n in [0, MAX_THREADS + 1, 100_000, usize::MAX] {
+            let e = check_threads(n).unwrap_err().to_string();
+            assert!(e.contains(&n.to_string()) && e.contains("1024"), "{e}");
         }
     }
 }

@@ -230,9 +230,10 @@ pub struct Cifar {
 }
 
 impl Cifar {
-    /// Opens the official binary batches of `split` ([`Split::Train`] or [`Split::Test`]) in `dir`, which may be
-    /// the extracted folder itself (`cifar-10-batches-bin`, `cifar-100-binary`) or its parent. Class names come
-    /// from the archive's label-name file when present.
+    /// Opens the official binary batches of `split` in `dir`, which may be the extracted folder itself
+    /// (`cifar-10-batches-bin`, `cifar-100-binary`) or its parent. CIFAR has no validation split of its own:
+    /// [`Split::Val`] reads the test batch, like [`Split::Test`] (the 10,000 held-out images papers report on; none
+    /// of them is a training image). Class names come from the archive's label-name file when present.
     pub fn open(dir: impl AsRef<Path>, kind: CifarKind, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
         let sub = match kind {
@@ -248,14 +249,10 @@ impl Cifar {
             (CifarKind::Cifar10, Split::Train) => {
                 (1..=5).map(|i| format!("data_batch_{i}.bin")).collect()
             }
-            (CifarKind::Cifar10, Split::Test) => vec!["test_batch.bin".into()],
+            // CIFAR ships no validation split: its test set is the held-out data everyone reports on.
+            (CifarKind::Cifar10, Split::Test | Split::Val) => vec!["test_batch.bin".into()],
             (_, Split::Train) => vec!["train.bin".into()],
-            (_, Split::Test) => vec!["test.bin".into()],
-            (_, Split::Val) => {
-                return Err(Error::Config(
-                    "CIFAR has no validation split; use Split::Train or Split::Test".into(),
-                ))
-            }
+            (_, Split::Test | Split::Val) => vec!["test.bin".into()],
         };
         let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
         if let Some(missing) = files.iter().find(|f| !f.is_file()) {
@@ -268,7 +265,9 @@ impl Cifar {
             });
         }
         let mut ds = Self::from_files(kind, &files)?;
-        if let Ok(text) = std::fs::read_to_string(root.join(kind.meta_file())) {
+        // The class-name list is optional and small; a missing, odd or oversized one keeps the default names.
+        let meta = crate::file::read_regular(&root.join(kind.meta_file()), 1 << 20).ok();
+        if let Some(text) = meta.and_then(|b| String::from_utf8(b).ok()) {
             let names: Vec<String> = text
                 .lines()
                 .map(str::trim)
@@ -292,7 +291,7 @@ impl Cifar {
         };
         for f in files {
             let f = f.as_ref();
-            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+            let bytes = crate::file::read_regular(f, crate::file::MAX_FILE_BYTES)?;
             ds.append(&bytes, f)?;
         }
         Ok(ds)
@@ -405,5 +404,10 @@ impl Dataset for Cifar {
             CIFAR_SIDE,
             u32::from(self.labels[index]),
         )
+    }
+
+    fn label_of(&self, index: usize) -> Result<u32> {
+        check_index(index, self.len())?;
+        Ok(u32::from(self.labels[index]))
     }
 }

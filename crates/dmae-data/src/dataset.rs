@@ -209,6 +209,19 @@ pub trait Dataset: Send + Sync {
 
     /// Decodes sample `index`; errors (never panics) on bad input data or an out-of-range index.
     fn get(&self, index: usize) -> Result<Sample>;
+
+    /// The label of sample `index` (what [`Dataset::get`] would return as [`Sample::label`]). Datasets that know
+    /// their labels without decoding override this; [`spread_over_classes`] relies on it being cheap there.
+    fn label_of(&self, index: usize) -> Result<u32> {
+        Ok(self.get(index)?.label())
+    }
+
+    /// Whether training should flip samples left-right by default: a mirrored photo is still a photo of its
+    /// class, a mirrored digit or letter is not. `true` unless the dataset says otherwise (MNIST, Moving-MNIST, a
+    /// folder whose classes are the digits 0-9); [`crate::Pipeline`]'s callers use it as the default of `flip`.
+    fn default_flip(&self) -> bool {
+        true
+    }
 }
 
 impl<D: Dataset + ?Sized> Dataset for Arc<D> {
@@ -220,6 +233,12 @@ impl<D: Dataset + ?Sized> Dataset for Arc<D> {
     }
     fn get(&self, index: usize) -> Result<Sample> {
         (**self).get(index)
+    }
+    fn label_of(&self, index: usize) -> Result<u32> {
+        (**self).label_of(index)
+    }
+    fn default_flip(&self) -> bool {
+        (**self).default_flip()
     }
 }
 
@@ -233,6 +252,47 @@ impl<D: Dataset + ?Sized> Dataset for Box<D> {
     fn get(&self, index: usize) -> Result<Sample> {
         (**self).get(index)
     }
+    fn label_of(&self, index: usize) -> Result<u32> {
+        (**self).label_of(index)
+    }
+    fn default_flip(&self) -> bool {
+        (**self).default_flip()
+    }
+}
+
+/// `count` dataset indices spread across the classes, for previews and sample grids: round-robin over the
+/// classes in label order, each class's samples in dataset order (class 0's first, class 1's first, ..., class 0's
+/// second, ...), skipping classes that run out. Deterministic; every index when `count >= len`. Reads every
+/// label once ([`Dataset::label_of`]).
+pub fn spread_over_classes(dataset: &dyn Dataset, count: usize) -> Result<Vec<usize>> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); dataset.num_classes()];
+    for i in 0..dataset.len() {
+        let label = dataset.label_of(i)?;
+        let slot = usize::try_from(label)
+            .ok()
+            .filter(|&l| l < by_class.len())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "sample {i} has label {label}, outside the dataset's {} classes",
+                    by_class.len()
+                ))
+            })?;
+        by_class[slot].push(i);
+    }
+    let count = count.min(dataset.len());
+    let mut out = Vec::with_capacity(count);
+    let mut round = 0;
+    while out.len() < count {
+        for class in &by_class {
+            if let Some(&i) = class.get(round) {
+                if out.len() < count {
+                    out.push(i);
+                }
+            }
+        }
+        round += 1;
+    }
+    Ok(out)
 }
 
 /// Errors with [`Error::IndexOutOfRange`] unless `index < len`.

@@ -40,6 +40,59 @@ pub enum Error {
         /// The decoder's explanation (corrupt data, truncated stream, unsupported format, ...).
         reason: String,
     },
+    /// An image whose header announces more pixels than [`crate::decode::MAX_IMAGE_BYTES`] allows:
+    /// refused before anything is allocated for its pixels.
+    #[error(
+        "{}: the image is {width}x{height} {color}: decoding and converting it needs {} MiB, over the \
+         {} MiB limit per image (dmae_data::decode::MAX_IMAGE_BYTES)",
+        path.display(), bytes.div_ceil(1 << 20), limit >> 20
+    )]
+    ImageTooLarge {
+        /// The offending file.
+        path: PathBuf,
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// Colour type and bit depth from the header, e.g. `Rgba16`.
+        color: String,
+        /// Worst-case bytes of decoding plus conversion to f32 planes.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A path that must be a regular file (after following links) is a directory, FIFO, device or
+    /// socket; reading it could block or never end, so it is refused before being opened.
+    #[error("{}: is {kind}, not a regular file", path.display())]
+    NotRegularFile {
+        /// The offending path.
+        path: PathBuf,
+        /// What it is instead, e.g. `"a FIFO (named pipe)"`.
+        kind: &'static str,
+    },
+    /// A file larger than what the reader accepts (see [`crate::file`]).
+    #[error(
+        "{}: the file is {bytes} bytes, over the limit of {limit} bytes for this kind of file",
+        path.display()
+    )]
+    FileTooLarge {
+        /// The offending file.
+        path: PathBuf,
+        /// Its size (or the bytes read before giving up).
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A class or clip directory whose name is not valid UTF-8 (class names are text).
+    #[error(
+        "{}: the directory name is not valid UTF-8; class and clip directories need text names \
+         (rename it)",
+        path.display()
+    )]
+    NonUtf8Name {
+        /// The directory (shown with the invalid bytes replaced).
+        path: PathBuf,
+    },
     /// Expected data is not where it was looked for.
     #[error("{}: {what}", path.display())]
     NotFound {

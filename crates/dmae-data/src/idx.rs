@@ -2,15 +2,31 @@
 //!
 //! Layout: a 4-byte big-endian magic `0x00 0x00 <type> <ndims>`, then `ndims` big-endian u32 dimensions, then
 //! the values in row-major order, big-endian. Gzip is detected from the stream's first two bytes, not the file
-//! name. The parser reads exactly the announced payload (allocating as bytes arrive, so a lying header cannot
-//! exhaust memory) and rejects truncation and trailing bytes with the offset where the problem starts.
+//! name. The sizes a header announces are checked against the input before anything is allocated for them: a
+//! plain file must hold exactly the announced payload (truncation and trailing bytes are reported with the
+//! offset where the problem starts, without reading the payload), and a gzip stream cannot announce more than
+//! [`MAX_DEFLATE_RATIO`] times its compressed length (the payload then grows as bytes arrive, so a stream that
+//! ends early never allocates what its header claims).
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 const FORMAT: &str = "IDX";
+
+/// Deflate's largest possible expansion (a 258-byte match coded in 2 bits: about 1032:1), the bound on the
+/// payload a gzipped IDX file of a given length can hold.
+pub const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// What is known about the input's length before its payload is read.
+#[derive(Clone, Copy)]
+enum Input {
+    /// An uncompressed stream of exactly this many bytes.
+    Plain(u64),
+    /// A gzip stream of this many compressed bytes.
+    Gzip(u64),
+}
 
 /// Element type codes of the IDX format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,25 +200,41 @@ impl<R: Read> Read for Counting<R> {
 
 /// Parses an IDX array from bytes (gzipped or plain); `source` names the data in errors.
 pub fn parse_idx(bytes: &[u8], source: &Path) -> Result<IdxArray> {
+    let len = bytes.len() as u64;
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        parse_stream(flate2::read::GzDecoder::new(bytes), source, true)
+        parse_stream(
+            flate2::read::GzDecoder::new(bytes),
+            source,
+            Input::Gzip(len),
+        )
     } else {
-        parse_stream(bytes, source, false)
+        parse_stream(bytes, source, Input::Plain(len))
     }
 }
 
-/// Reads and parses an IDX file (gzipped or plain).
+/// Reads and parses an IDX file (gzipped or plain). The file must be a regular file of at most
+/// [`crate::file::MAX_FILE_BYTES`]; its header is checked against its length before the payload is read.
 pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse_idx(&bytes, path)
+    let (file, len) = crate::file::open_regular(path, crate::file::MAX_FILE_BYTES)?;
+    let mut r = std::io::BufReader::new(file);
+    let gz = r
+        .fill_buf()
+        .map_err(|e| Error::io(path, e))?
+        .starts_with(&[0x1f, 0x8b]);
+    if gz {
+        parse_stream(flate2::read::GzDecoder::new(r), path, Input::Gzip(len))
+    } else {
+        parse_stream(r, path, Input::Plain(len))
+    }
 }
 
-fn parse_stream<R: Read>(reader: R, source: &Path, gz: bool) -> Result<IdxArray> {
+fn parse_stream<R: Read>(reader: R, source: &Path, input: Input) -> Result<IdxArray> {
     let mut r = Counting {
         inner: reader,
         pos: 0,
     };
+    let gz = matches!(input, Input::Gzip(_));
     let path = PathBuf::from(source);
     let where_ = if gz { " (decompressed)" } else { "" };
     let fail = |offset: u64, reason: String| Error::format(path.clone(), FORMAT, offset, reason);
@@ -245,32 +277,59 @@ fn parse_stream<R: Read>(reader: R, source: &Path, gz: bool) -> Result<IdxArray>
             format!("dimensions {dims:?} of {dtype:?} overflow the address space"),
         )
     })?;
-    // Grow as data arrives: a header claiming terabytes fails at EOF instead of allocating up front.
-    let mut data = Vec::with_capacity(want.min(16 << 20));
+    let truncated = |got: u64| {
+        fail(
+            header + got,
+            format!(
+                "truncated{where_}: dimensions {dims:?} of {dtype:?} need {want} payload bytes after the \
+                 {header}-byte header, found {got}"
+            ),
+        )
+    };
+    let trailing = || {
+        fail(
+            header + want as u64,
+            format!("trailing bytes after the {want}-byte payload of dimensions {dims:?}{where_}"),
+        )
+    };
+    // Check the announced size against the input before allocating for it.
+    let mut data = match input {
+        Input::Plain(len) => {
+            let available = len.saturating_sub(header);
+            if (want as u64) > available {
+                return Err(truncated(available));
+            }
+            if (want as u64) < available {
+                return Err(trailing());
+            }
+            Vec::with_capacity(want)
+        }
+        Input::Gzip(compressed) => {
+            if want as u64 > compressed.saturating_mul(MAX_DEFLATE_RATIO) {
+                return Err(fail(
+                    4,
+                    format!(
+                        "dimensions {dims:?} of {dtype:?} need {want} payload bytes, but a gzip stream of \
+                         {compressed} bytes decompresses to at most {} bytes",
+                        compressed.saturating_mul(MAX_DEFLATE_RATIO)
+                    ),
+                ));
+            }
+            // Grow as data arrives: a stream that ends early fails without allocating what was announced.
+            Vec::with_capacity(want.min(16 << 20))
+        }
+    };
     let got = (&mut r)
         .take(want as u64)
         .read_to_end(&mut data)
         .map_err(|e| read_err(r_pos_hint(header, &data), e, "payload"))?;
     if got < want {
-        return Err(fail(
-            header + got as u64,
-            format!(
-                "truncated{where_}: dimensions {dims:?} of {dtype:?} need {want} payload bytes after the \
-                 {header}-byte header, found {got}"
-            ),
-        ));
+        return Err(truncated(got as u64));
     }
     let mut extra = [0u8; 1];
     match r.read(&mut extra) {
         Ok(0) => {}
-        Ok(_) => {
-            return Err(fail(
-                header + want as u64,
-                format!(
-                    "trailing bytes after the {want}-byte payload of dimensions {dims:?}{where_}"
-                ),
-            ))
-        }
+        Ok(_) => return Err(trailing()),
         Err(e) => return Err(read_err(header + want as u64, e, "end of the stream")),
     }
     Ok(IdxArray { dtype, dims, data })
@@ -349,6 +408,52 @@ mod tests {
         // The file ends 2 bytes into the first dimension.
         match parse_idx(&[0, 0, 8, 3, 0, 0], mem()) {
             Err(Error::Format { offset, .. }) => assert_eq!(offset, 6),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn headers_are_checked_against_the_file_length_before_allocating() {
+        // 2^31 images of 28x28 announced in a 16-byte header (peaked at 2.6 GB before the fix when the file
+        // was long): refused from the length, before any payload is read.
+        let mut bytes = vec![0, 0, 8, 3];
+        for d in [1u32 << 31, 28, 28] {
+            bytes.extend_from_slice(&d.to_be_bytes());
+        }
+        bytes.extend_from_slice(&[0u8; 1000]);
+        match parse_idx(&bytes, mem()) {
+            Err(Error::Format { offset, reason, .. }) => {
+                assert_eq!(offset, 16 + 1000);
+                assert!(
+                    reason.contains("truncated") && reason.contains("found 1000"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a format error, got {other:?}"),
+        }
+        // Gzipped: a few hundred compressed bytes cannot hold 1.7 TB.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut e, &bytes).unwrap();
+        let gz = e.finish().unwrap();
+        match parse_idx(&gz, mem()) {
+            Err(Error::Format { offset, reason, .. }) => {
+                assert_eq!(offset, 4);
+                assert!(reason.contains("decompresses to at most"), "{reason}");
+            }
+            other => panic!("expected a format error, got {other:?}"),
+        }
+        // The same through a file; a sparse file does not make the claim true.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images-idx3-ubyte");
+        let f = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut &f, &bytes[..16]).unwrap();
+        f.set_len(3 << 30).unwrap();
+        drop(f);
+        match read_idx(&path) {
+            Err(Error::Format { offset, reason, .. }) => {
+                assert_eq!(offset, 3 << 30);
+                assert!(reason.contains("truncated"), "{reason}");
+            }
             other => panic!("expected a format error, got {other:?}"),
         }
     }

@@ -15,17 +15,22 @@
 //! ```
 //!
 //! Contents:
-//! - [`dataset`]: the [`Dataset`] trait, [`Sample`], [`Split`].
-//! - Formats: [`idx`] (IDX arrays), [`mnist`] ([`Mnist`]), [`cifar`] ([`Cifar`]), [`folder`] ([`ImageFolder`]),
-//!   [`frames`] ([`FrameFolder`] video clips), [`moving_mnist`] ([`MovingMnist`] generator), [`decode`] (image
-//!   files to planes).
+//! - [`dataset`]: the [`Dataset`] trait, [`Sample`], [`Split`], [`spread_over_classes`] (preview picks).
+//! - Formats: [`idx`] (IDX arrays), [`mnist`] ([`Mnist`]), [`cifar`] ([`Cifar`]), [`folder`] ([`ImageFolder`]
+//!   and its train/val/test splits, stratified hold-out), [`frames`] ([`FrameFolder`] video clips),
+//!   [`moving_mnist`] ([`MovingMnist`] generator), [`decode`] (image files to planes), [`file`](mod@file)
+//!   (regular files only, size-checked: never a device or a FIFO).
 //! - [`bundled`]: the 10,000 real MNIST digits shipped in `datasets/mnist` ([`bundled_mnist`]).
-//! - [`transforms`]: resize, center crop, random resized crop, flip, normalize ([`Transform`], [`Compose`]).
+//! - [`transforms`]: resize, center crop, random resized crop, flip, grey <-> RGB, normalize ([`Transform`],
+//!   [`Compose`]).
+//! - [`pipeline`]: [`Pipeline`], any image to the model's input (size, channels, train/eval, flip) in one call.
 //! - [`loader`]: [`Loader`], [`LoaderConfig`], [`Epoch`], [`Batch`].
 //! - [`rng`]: the `(seed, epoch, index)` generators behind every random choice.
 //! - [`error`]: [`Error`], [`Result`].
 //!
-//! Bad input bytes never panic: they produce an [`Error`] naming the file and the offset or cause.
+//! Bad input bytes never panic: they produce an [`Error`] naming the file and the offset or cause. Sizes
+//! announced by headers are checked before anything is allocated for them ([`decode::MAX_IMAGE_BYTES`],
+//! [`file::MAX_FILE_BYTES`], IDX dimensions against the file's length); see docs/reliability.md.
 //!
 //! Features: `cuda` (forwards to candle's, for [`Batch::to_device`] onto a GPU). Example:
 //! `cargo run --release -p dmae-data --example loader` (bundled-MNIST throughput).
@@ -37,19 +42,21 @@ pub mod cifar;
 pub mod dataset;
 pub mod decode;
 pub mod error;
+pub mod file;
 pub mod folder;
 pub mod frames;
 pub mod idx;
 pub mod loader;
 pub mod mnist;
 pub mod moving_mnist;
+pub mod pipeline;
 mod pool;
 pub mod rng;
 pub mod transforms;
 
 pub use bundled::{bundled_mnist, bundled_mnist_dir, datasets_dir, DATASETS_ENV};
 pub use cifar::{Cifar, CifarKind};
-pub use dataset::{Dataset, Sample, Split};
+pub use dataset::{spread_over_classes, Dataset, Sample, Split};
 pub use decode::Channels;
 pub use error::{Error, Result};
 pub use folder::ImageFolder;
@@ -58,7 +65,9 @@ pub use idx::{parse_idx, read_idx, IdxArray, IdxType};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, SkippedSample};
 pub use mnist::Mnist;
 pub use moving_mnist::{MovingMnist, MovingMnistConfig};
+pub use pipeline::{Pipeline, Stage};
 pub use rng::SampleRng;
 pub use transforms::{
-    CenterCrop, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, Transform,
+    CenterCrop, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize, ToChannels,
+    Transform,
 };

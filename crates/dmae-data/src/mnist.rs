@@ -161,6 +161,16 @@ impl Dataset for Mnist {
         let data = bytes.iter().map(|&b| f32::from(b) / 255.0).collect();
         Sample::image(data, 1, self.rows, self.cols, u32::from(self.labels[index]))
     }
+
+    fn label_of(&self, index: usize) -> Result<u32> {
+        check_index(index, self.len())?;
+        Ok(u32::from(self.labels[index]))
+    }
+
+    /// Digits: a mirrored digit is not a digit.
+    fn default_flip(&self) -> bool {
+        false
+    }
 }
 
 /// `dir/stem.gz` if it exists, else `dir/stem`, else a not-found error listing both.

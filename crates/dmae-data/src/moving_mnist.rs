@@ -17,6 +17,14 @@ use crate::rng::stream_rng;
 
 const STREAM: u64 = 0x4d4f_5649_4e47_4d4e; // "MOVINGMN"
 
+/// Most memory one generated clip may take, in bytes (1 GiB): see [`MovingMnistConfig::clip_bytes`]. The
+/// standard 64x64 clip of 20 frames takes 0.3 MB; `canvas = 100000` would take 800 GB.
+pub const MAX_CLIP_BYTES: u64 = 1 << 30;
+
+/// Most clips a [`MovingMnist`] may report (100 million): a loader keeps an 8-byte index per clip for each
+/// epoch's order, so this is 800 MB of indices.
+pub const MAX_CLIPS: usize = 100_000_000;
+
 /// Parameters of [`MovingMnist`] (defaults: the standard 64x64, 20 frames, 2 digits, step 0.1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MovingMnistConfig {
@@ -44,6 +52,17 @@ impl Default for MovingMnistConfig {
             len: 10_000,
             seed: 0,
         }
+    }
+}
+
+impl MovingMnistConfig {
+    /// Bytes one clip takes in memory: its f32 frames (`frames * canvas^2 * 4`) plus the digits' paths
+    /// (`num_digits * frames` positions of 16 bytes). Saturates instead of overflowing.
+    pub fn clip_bytes(&self) -> u64 {
+        let frames = self.frames as u128;
+        let canvas = self.canvas as u128;
+        let bytes = frames * canvas * canvas * 4 + self.num_digits as u128 * frames * 16;
+        u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 }
 
@@ -85,6 +104,23 @@ impl MovingMnist {
             return Err(Error::Config(
                 "Moving MNIST needs at least one frame and one digit".into(),
             ));
+        }
+        if config.clip_bytes() > MAX_CLIP_BYTES {
+            return Err(Error::Config(format!(
+                "Moving MNIST clips of canvas {}, {} frames and {} digits would take {} MiB each, over the \
+                 limit of {} MiB (dmae_data::moving_mnist::MAX_CLIP_BYTES)",
+                config.canvas,
+                config.frames,
+                config.num_digits,
+                config.clip_bytes().div_ceil(1 << 20),
+                MAX_CLIP_BYTES >> 20
+            )));
+        }
+        if config.len > MAX_CLIPS {
+            return Err(Error::Config(format!(
+                "Moving MNIST len {} is over the limit of {MAX_CLIPS} clips (dmae_data::moving_mnist::MAX_CLIPS)",
+                config.len
+            )));
         }
         if !(config.step_length.is_finite() && config.step_length >= 0.0) {
             return Err(Error::Config(format!(
@@ -151,6 +187,11 @@ impl Dataset for MovingMnist {
         self.digits.classes()
     }
 
+    /// Moving digits: mirrored digits are not digits.
+    fn default_flip(&self) -> bool {
+        false
+    }
+
     fn get(&self, index: usize) -> Result<Sample> {
         check_index(index, self.len())?;
         let (s, t) = (self.config.canvas, self.config.frames);
@@ -177,5 +218,78 @@ impl Dataset for MovingMnist {
         }
         let label = self.digits.label(paths[0].digit).map_or(0, u32::from);
         Sample::video(data, 1, t, s, s, label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idx::{IdxArray, IdxType};
+    use std::path::Path;
+
+    fn digits() -> Mnist {
+        let images = IdxArray::new(IdxType::U8, vec![2, 28, 28], vec![200; 2 * 784]).unwrap();
+        let labels = IdxArray::new(IdxType::U8, vec![2], vec![3, 7]).unwrap();
+        let p = Path::new("<memory>");
+        Mnist::from_arrays(images, p, labels, p).unwrap()
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        let d = Arc::new(digits());
+        let base = MovingMnistConfig::default();
+        assert_eq!(base.clip_bytes(), 20 * 64 * 64 * 4 + 2 * 20 * 16);
+        for (cfg, words) in [
+            (
+                MovingMnistConfig {
+                    canvas: 100_000,
+                    ..base
+                },
+                "canvas 100000",
+            ),
+            (
+                MovingMnistConfig {
+                    frames: 1 << 40,
+                    ..base
+                },
+                "1099511627776 frames",
+            ),
+            (
+                MovingMnistConfig {
+                    num_digits: usize::MAX,
+                    ..base
+                },
+                "digits",
+            ),
+            (
+                MovingMnistConfig {
+                    canvas: usize::MAX,
+                    frames: usize::MAX,
+                    ..base
+                },
+                "MAX_CLIP_BYTES",
+            ),
+            (
+                MovingMnistConfig {
+                    len: usize::MAX,
+                    ..base
+                },
+                "MAX_CLIPS",
+            ),
+        ] {
+            let e = MovingMnist::new(Arc::clone(&d), cfg)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(words), "{e}");
+        }
+        // Large but sane settings pass, and a clip has the size the estimate counts.
+        let ok = MovingMnistConfig {
+            canvas: 256,
+            frames: 4,
+            len: MAX_CLIPS,
+            ..base
+        };
+        let mm = MovingMnist::new(d, ok).unwrap();
+        assert_eq!(mm.get(0).unwrap().data().len() * 4, 4 * 256 * 256 * 4);
     }
 }

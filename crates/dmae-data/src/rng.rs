@@ -4,7 +4,7 @@
 //! from a generator derived only from these integers, never from a thread-local or global source, so results do
 //! not depend on thread count, scheduling or batch composition.
 
-use rand::SeedableRng;
+use dmae_core::rng::{keyed_rng, splitmix64 as mix};
 
 /// The generator handed to transforms: ChaCha with 8 rounds (fast, portable, reproducible across platforms).
 pub type SampleRng = rand_chacha::ChaCha8Rng;
@@ -13,27 +13,10 @@ pub type SampleRng = rand_chacha::ChaCha8Rng;
 const TAG_SAMPLE: u64 = 0x5341_4d50_4c45_0001;
 const TAG_SHUFFLE: u64 = 0x5348_5546_464c_0002;
 
-/// SplitMix64 finaliser: a bijective mix with good avalanche.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A 256-bit ChaCha key from a tag and three integers.
+/// A ChaCha key from a tag and three integers (the workspace's one derivation,
+/// [`dmae_core::rng::keyed_rng`]).
 fn derive(tag: u64, a: u64, b: u64, c: u64) -> SampleRng {
-    let mut h = mix(tag);
-    h = mix(h ^ a);
-    h = mix(h ^ b);
-    h = mix(h ^ c);
-    let mut key = [0u8; 32];
-    let mut s = h;
-    for chunk in key.chunks_exact_mut(8) {
-        s = mix(s);
-        chunk.copy_from_slice(&s.to_le_bytes());
-    }
-    SampleRng::from_seed(key)
+    keyed_rng(&[tag, a, b, c])
 }
 
 /// The generator for sample `index` in `epoch` of a run seeded with `seed`.

@@ -1,4 +1,5 @@
-//! Per-sample transforms: resize, center crop, random resized crop, horizontal flip, normalize.
+//! Per-sample transforms: resize, center crop, random resized crop, horizontal flip, channel conversion,
+//! normalize. [`crate::pipeline::Pipeline`] composes them into the model's input in one call.
 //!
 //! Transforms act on every `H x W` plane of a [`Sample`] alike, so a video clip `(C, T, H, W)` gets the same
 //! crop and flip on all its frames. Randomness comes only from the [`SampleRng`] handed in, which the loader
@@ -533,6 +534,70 @@ impl Transform for RandomHorizontalFlip {
             Ok(hflip(sample))
         } else {
             Ok(sample)
+        }
+    }
+}
+
+/// Rec. 709 luma weights of R, G, B: the grey value [`crate::decode`] gives colour files.
+pub const LUMA_709: [f32; 3] = [0.2126, 0.7152, 0.0722];
+
+/// Converts a sample to 1 or 3 channels: grey to RGB repeats the plane, RGB to grey takes the Rec. 709 luma
+/// ([`LUMA_709`], what [`crate::decode`] does for colour files), so a grey folder feeds a colour model and CIFAR
+/// feeds a grey one. Other channel counts are an error; the identity when the count already matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToChannels {
+    /// Output channels, 1 or 3.
+    pub channels: usize,
+}
+
+impl ToChannels {
+    /// Convert to `channels` (1 or 3).
+    pub fn new(channels: usize) -> Result<Self> {
+        match channels {
+            1 | 3 => Ok(ToChannels { channels }),
+            n => Err(Error::Config(format!(
+                "images can be converted to 1 (grey) or 3 (RGB) channels, not {n}"
+            ))),
+        }
+    }
+}
+
+impl Transform for ToChannels {
+    fn apply(&self, sample: Sample, _rng: &mut SampleRng) -> Result<Sample> {
+        let from = sample.channels();
+        if from == self.channels {
+            return Ok(sample);
+        }
+        // Channel-major layout: each channel is one contiguous block of `T * H * W` values.
+        let per = sample.frames() * sample.height() * sample.width();
+        let mut data = crate::pool::take(per * self.channels);
+        match (from, self.channels) {
+            (1, 3) => (0..3).for_each(|_| data.extend_from_slice(sample.data())),
+            (3, 1) => {
+                let d = sample.data();
+                let (r, g, b) = (&d[..per], &d[per..2 * per], &d[2 * per..]);
+                let [wr, wg, wb] = LUMA_709;
+                data.extend(
+                    r.iter()
+                        .zip(g)
+                        .zip(b)
+                        .map(|((r, g), b)| wr * r + wg * g + wb * b),
+                );
+            }
+            (from, to) => {
+                return Err(Error::Config(format!(
+                    "cannot convert a {from}-channel sample to {to} channels (only grey <-> RGB)"
+                )))
+            }
+        }
+        let mut shape = sample.shape().to_vec();
+        shape[0] = self.channels;
+        let label = sample.label();
+        crate::pool::give(sample.into_parts().0);
+        if shape.len() == 4 {
+            Sample::video(data, shape[0], shape[1], shape[2], shape[3], label)
+        } else {
+            Sample::image(data, shape[0], shape[1], shape[2], label)
         }
     }
 }

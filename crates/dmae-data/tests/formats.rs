@@ -151,7 +151,10 @@ fn cifar10_batches() {
     assert_eq!(s.data()[1024], 21.0 / 255.0); // (1024 as u8) * 3 + 21
     let test = Cifar::open(&root, CifarKind::Cifar10, Split::Test).unwrap();
     assert_eq!((test.len(), test.get(0).unwrap().label()), (1, 9));
-    assert!(Cifar::open(&root, CifarKind::Cifar10, Split::Val).is_err());
+    // CIFAR's validation split is its test batch (never the training batches).
+    let val = Cifar::open(&root, CifarKind::Cifar10, Split::Val).unwrap();
+    assert_eq!((val.len(), val.get(0).unwrap().label()), (1, 9));
+    assert_eq!(val.get(0).unwrap(), test.get(0).unwrap());
     // Default names without the meta file.
     std::fs::remove_file(root.join("batches.meta.txt")).unwrap();
     let train = Cifar::open(&root, CifarKind::Cifar10, Split::Train).unwrap();

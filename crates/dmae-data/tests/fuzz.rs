@@ -1,18 +1,20 @@
 //! Property tests feeding arbitrary bytes to every parser: IDX (plain and gzipped), CIFAR-10/100 batches, image
-//! decoding, and the frame-folder reader. Each must return `Ok` or `Err`, never panic or hang.
+//! decoding, and the frame-folder reader. Each must return `Ok` or `Err`, never panic or hang; headers that
+//! announce sizes in the billions (images, IDX arrays) are refused before anything is allocated for them, which
+//! the last property checks on the process's peak memory.
 //!
 //! Run more cases than the default 64 with, e.g.:
 //! `PROPTEST_CASES=20000 cargo test -p dmae-data --release --test fuzz`
-//! Failing inputs are shrunk and saved under `crates/dmae-data/tests/proptest-regressions/` (commit them so
+//! Failing inputs are shrunk and saved in `crates/dmae-data/tests/fuzz.proptest-regressions` (commit them so
 //! they are replayed first).
 
 use std::io::Write;
 use std::path::Path;
 
-use dmae_data::decode::decode_image;
+use dmae_data::decode::{decode_image, MAX_IMAGE_BYTES};
 use dmae_data::{
-    parse_idx, Channels, Cifar, CifarKind, Dataset, FrameFolder, FrameFolderOptions, FrameSampling,
-    Mnist,
+    parse_idx, Channels, Cifar, CifarKind, Dataset, Error, FrameFolder, FrameFolderOptions,
+    FrameSampling, Mnist,
 };
 use proptest::prelude::*;
 
@@ -52,12 +54,67 @@ fn idx_like() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A PNG whose header says `w x h`, bit depth `depth`, colour type `color`, with one tiny IDAT.
+fn png_header(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, color, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// The JPEG seed with its frame header patched to claim `w x h`.
+fn jpeg_claiming(jpg: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut b = jpg.to_vec();
+    if let Some(sof) = (0..b.len() - 1).find(|&i| b[i] == 0xFF && matches!(b[i + 1], 0xC0 | 0xC2)) {
+        b[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+        b[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    }
+    b
+}
+
+/// A side that is either small or huge: images in between would really be decoded, which costs time and
+/// memory without testing the limit.
+fn side() -> impl Strategy<Value = u32> {
+    prop_oneof![1u32..48, 60_000u32..=u32::MAX]
+}
+
+/// The process's peak resident memory in bytes (Linux), to check that refused headers allocated nothing.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn config() -> ProptestConfig {
-    // 64 cases per property by default keeps the suite fast; PROPTEST_CASES overrides it.
+    config_with(64)
+}
+
+/// `default` cases per property (64 keeps the suite fast; the header properties run 512, about a second);
+/// PROPTEST_CASES overrides it.
+fn config_with(default: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(default);
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(
@@ -170,6 +227,67 @@ proptest! {
                 Ok(s) => prop_assert_eq!(s.shape()[..2].to_vec(), vec![3, num_frames]),
                 Err(e) => prop_assert!(e.to_string().contains("clip"), "{}", e),
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config_with(512))]
+
+    #[test]
+    fn huge_image_headers_are_refused_before_allocating(
+        w in side(),
+        h in side(),
+        depth in prop::sample::select(vec![1u8, 2, 4, 8, 16, 3]),
+        color in prop::sample::select(vec![0u8, 2, 3, 4, 6, 5]),
+        (jw, jh) in prop_oneof![(0u16..256, 0u16..256), (33_000u16.., 33_000u16..)],
+        gray in any::<bool>(),
+    ) {
+        let channels = if gray { Channels::Gray } else { Channels::Rgb };
+        let p = Path::new("<fuzz>");
+        // At least 1 decoded byte and 4 f32 bytes per pixel: past this area every layout is over the limit.
+        let refused_area = MAX_IMAGE_BYTES as u128 / 5 + 1;
+        let area = u128::from(w) * u128::from(h);
+        // Over the limit: an error (the size check, or the PNG decoder's own header and row-buffer checks), with
+        // nothing allocated for the pixels (the peak memory check below).
+        match decode_image(&png_header(w, h, depth, color), p, channels) {
+            Err(Error::ImageTooLarge { width, height, .. }) => {
+                prop_assert_eq!((width, height), (w, h));
+            }
+            Err(_) => {}
+            Ok(_) => prop_assert!(area < refused_area, "{}x{} decoded", w, h),
+        }
+        let (_, jpg) = seeds();
+        let area = u128::from(jw) * u128::from(jh);
+        match decode_image(&jpeg_claiming(&jpg, jw, jh), p, channels) {
+            Err(Error::ImageTooLarge { .. }) => prop_assert!(area >= 1 << 16),
+            _ => prop_assert!(area < refused_area, "{}x{} JPEG not refused", jw, jh),
+        }
+        // Nothing of the gigabytes announced was allocated (the whole test binary stays small).
+        if let Some(peak) = peak_rss() {
+            prop_assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
+        }
+    }
+
+    #[test]
+    fn huge_idx_headers_are_refused_before_allocating(
+        dims in prop::collection::vec(prop_oneof![0u32..8, any::<u32>()], 1..4),
+        dtype in prop::sample::select(vec![0x08u8, 0x0B, 0x0E]),
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut b = vec![0, 0, dtype, dims.len() as u8];
+        for d in &dims {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b.extend_from_slice(&tail);
+        let src = Path::new("<fuzz>");
+        for bytes in [b.clone(), gzip(&b)] {
+            if let Ok(a) = parse_idx(&bytes, src) {
+                prop_assert_eq!(a.raw().len(), tail.len());
+            }
+        }
+        if let Some(peak) = peak_rss() {
+            prop_assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
         }
     }
 }

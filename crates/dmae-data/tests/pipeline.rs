@@ -5,9 +5,9 @@ use std::path::Path;
 
 use dmae_data::transforms::{hflip, resized_crop, CropBox};
 use dmae_data::{
-    bundled_mnist, rng::sample_rng, Batch, CenterCrop, Channels, Compose, Dataset, Error,
-    ImageFolder, Loader, LoaderConfig, Normalize, RandomHorizontalFlip, RandomResizedCrop, Resize,
-    Sample, Split, Transform,
+    bundled_mnist, rng::sample_rng, spread_over_classes, Batch, CenterCrop, Channels, Compose,
+    Dataset, Error, ImageFolder, Loader, LoaderConfig, Normalize, Pipeline, RandomHorizontalFlip,
+    RandomResizedCrop, Resize, Sample, Split, Transform,
 };
 
 fn mnist_aug() -> Compose {
@@ -301,6 +301,84 @@ fn mixed_sizes_without_a_resize_is_a_shape_error() {
     .unwrap();
     let e = l.epoch(0).next().unwrap().unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+}
+
+/// Colour PNGs and JPEGs of mixed sizes (3 classes), and grey PNGs of another size (2 classes).
+fn write_mixed_folders(colour: &Path, grey: &Path) {
+    for i in 0..24u32 {
+        let (w, h) = (17 + 13 * (i % 5), 21 + 11 * (i % 4));
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 7) as u8, (40 * i) as u8])
+        });
+        let class = ["apple", "boat", "cloud"][i as usize % 3];
+        let ext = if i % 2 == 0 { "png" } else { "jpg" };
+        let p = colour.join(class).join(format!("{i}.{ext}"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        img.save(&p).unwrap();
+    }
+    for i in 0..10u32 {
+        let img = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([((x + y + i) * 15) as u8]));
+        let p = grey.join(format!("{}", i % 2)).join(format!("{i}.png"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        img.save(&p).unwrap();
+    }
+}
+
+#[test]
+fn any_folder_any_size_colour_or_grey_batches_through_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (colour, grey) = (dir.path().join("colour"), dir.path().join("grey"));
+    write_mixed_folders(&colour, &grey);
+    let cfg = LoaderConfig {
+        batch_size: 4,
+        seed: 3,
+        num_threads: 2,
+        ..Default::default()
+    };
+    for (root, model_channels, size) in [(&colour, 3, 32), (&grey, 3, 32), (&colour, 1, 28)] {
+        let train = ImageFolder::open_split(root, Split::Train, Channels::Rgb, Some(0.25)).unwrap();
+        let val = ImageFolder::open_split(root, Split::Val, Channels::Rgb, Some(0.25)).unwrap();
+        assert_eq!(
+            train.len() + val.len(),
+            ImageFolder::open(root, Channels::Rgb).unwrap().len()
+        );
+        let flip = train.default_flip();
+        assert_eq!(flip, root == &colour, "digit-named classes do not flip");
+        let pipe = Pipeline::train([size, size], model_channels, flip).unwrap();
+        let line = pipe.summary(Split::Train, &train);
+        assert!(
+            line.starts_with(&format!("train split: {} images", train.len())),
+            "{line}"
+        );
+        let loader = Loader::new(train, cfg.clone())
+            .unwrap()
+            .with_transform(pipe);
+        let batches = collect(&loader, 0, 100);
+        assert!(!batches.is_empty());
+        for (px, _, _) in &batches {
+            assert_eq!(px.len() % (model_channels * size * size), 0);
+        }
+        // Resuming at epoch 0 reproduces the same crops and flips.
+        assert_eq!(batches, collect(&loader, 0, 100));
+        assert_ne!(batches, collect(&loader, 1, 100));
+        let eval = Loader::new(
+            val,
+            LoaderConfig {
+                shuffle: false,
+                ..cfg.clone()
+            },
+        )
+        .unwrap()
+        .with_transform(Pipeline::eval([size, size], model_channels).unwrap());
+        let b = eval.epoch(0).next().unwrap().unwrap();
+        assert_eq!(b.images.dims()[1..], [model_channels, size, size]);
+    }
+    // Previews take every class before a second image of any.
+    let ds = ImageFolder::open(&colour, Channels::Rgb).unwrap();
+    let picks = spread_over_classes(&ds, 3).unwrap();
+    let mut labels: Vec<u32> = picks.iter().map(|&i| ds.label_of(i).unwrap()).collect();
+    labels.sort_unstable();
+    assert_eq!(labels, [0, 1, 2]);
 }
 
 fn ramp(c: usize, h: usize, w: usize) -> Sample {

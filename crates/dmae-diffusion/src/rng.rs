@@ -8,7 +8,8 @@
 //! therefore depend neither on the batch size nor on how many threads produce them.
 
 use candle_core::{DType, Device, Shape, Tensor};
-use rand::{Rng, SeedableRng};
+use dmae_core::rng::keyed_rng;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
@@ -36,14 +37,6 @@ pub(crate) enum Domain {
     SamplerStep = 5,
 }
 
-/// SplitMix64 finaliser (Steele et al. 2014), used to derive ChaCha keys.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl RngKey {
     /// A key for `(seed, step)`.
     pub fn new(seed: u64, step: u64) -> Self {
@@ -51,19 +44,15 @@ impl RngKey {
     }
 
     /// The generator of sample `index` for draws of kind `domain` at sub-step `sub`
-    /// (e.g. the sampler's timestep). The ChaCha key is derived from
-    /// `(seed, step, domain, sub)` by chained SplitMix64; the sample index is the ChaCha stream.
+    /// (e.g. the sampler's timestep). The ChaCha key is derived from `(seed, step, domain, sub)`
+    /// ([`dmae_core::rng::keyed_rng`]); the sample index is the ChaCha stream.
     pub(crate) fn rng(&self, domain: Domain, sub: u64, index: usize) -> ChaCha8Rng {
-        let mut h = splitmix64(self.seed ^ 0x6469_6666_6d61_6521);
-        h = splitmix64(h ^ self.step);
-        h = splitmix64(h ^ domain as u64);
-        h = splitmix64(h ^ sub);
-        let mut key = [0u8; 32];
-        for chunk in key.chunks_exact_mut(8) {
-            h = splitmix64(h);
-            chunk.copy_from_slice(&h.to_le_bytes());
-        }
-        let mut rng = ChaCha8Rng::from_seed(key);
+        let mut rng = keyed_rng(&[
+            self.seed ^ 0x6469_6666_6d61_6521,
+            self.step,
+            domain as u64,
+            sub,
+        ]);
         rng.set_stream(index as u64);
         rng
     }

@@ -78,7 +78,7 @@ impl BetaSchedule {
 #[cfg_attr(
     feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
-    serde(rename_all = "snake_case")
+    serde(rename_all = "kebab-case")
 )]
 pub enum RhoTarget {
     /// `ᾱ_t ← ᾱ_t^ρ` (default).
@@ -367,7 +367,10 @@ mod tests {
 
     #[test]
     fn posterior_at_t0_is_the_identity_on_x0() -> Result<()> {
-        for s in [NoiseSchedule::linear(1000)?, NoiseSchedule::cosine(1000)?] {
+        for s in [
+            NoiseSchedule::new(ScheduleConfig::default())?,
+            NoiseSchedule::cosine(1000)?,
+        ] {
             assert_eq!(s.posterior_variance()[0], 0.0);
             assert!((s.posterior_coef_x0()[0] - 1.0).abs() < 1e-9);
             assert_eq!(s.posterior_coef_xt()[0], 0.0);

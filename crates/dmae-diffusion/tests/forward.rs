@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use dmae_diffusion::{
     diffuse, normalize_patches, q_sample, sample_timesteps, standard_normal, timesteps_tensor,
-    Error, MaskStrategy, NoiseSchedule, PatchGrid, Result, RngKey, X0Loss,
+    Error, MaskStrategy, NoiseSchedule, PatchGrid, Result, RngKey, ScheduleConfig, X0Loss,
 };
 
 #[test]
@@ -13,7 +13,10 @@ fn q_sample_moments_match_sqrt_abar_x0_and_one_minus_abar() -> Result<()> {
     let dev = Device::Cpu;
     let d = 32;
     let draws = 4000;
-    for sched in [NoiseSchedule::linear(1000)?, NoiseSchedule::cosine(1000)?] {
+    for sched in [
+        NoiseSchedule::new(ScheduleConfig::default())?,
+        NoiseSchedule::cosine(1000)?,
+    ] {
         let ts = [0usize, 100, 500, 999];
         let t: Vec<usize> = ts
             .iter()
@@ -224,5 +227,71 @@ fn masked_loss_on_full_predictions_counts_only_masked_patches() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Every prediction's target, turned back into x0 at the same (x_t, t), gives x0 again.
+#[test]
+fn predictions_round_trip_to_x0() -> Result<()> {
+    use dmae_diffusion::Prediction;
+    let dev = Device::Cpu;
+    let sched = NoiseSchedule::new(ScheduleConfig::default())?;
+    let x0 = Tensor::randn(0f64, 1., (3, 4, 5), &dev)?;
+    let key = RngKey::new(3, 1);
+    let d = diffuse(&sched, &x0, key)?;
+    let t = vec![0, 500, 998];
+    let x_t = q_sample(&sched, &x0, &t, &d.noise)?;
+    for p in [Prediction::X0, Prediction::Eps, Prediction::V] {
+        let target = p.target(&sched, &x0, &d.noise, &t)?;
+        let back = p.to_x0(&sched, &x_t, &target, &t)?;
+        let err = (back - &x0)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(err < 1e-6, "{p:?}: {err}");
+    }
+    // v = √ᾱ ε − √(1−ᾱ) x0, spot-checked at t = 500.
+    let v = Prediction::V.target(&sched, &x0, &d.noise, &t)?;
+    let (a, s) = (
+        sched.sqrt_alpha_bar()[500],
+        sched.sqrt_one_minus_alpha_bar()[500],
+    );
+    let want = ((d.noise.get(1)? * a)? - (x0.get(1)? * s)?)?;
+    let err = (v.get(1)? - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(err < 1e-12, "{err}");
+    Ok(())
+}
+
+/// Min-SNR-γ gives every prediction the same x0-space weight min(SNR, γ); weighted losses with
+/// unit weights equal the plain loss.
+#[test]
+fn min_snr_weights_and_weighted_losses() -> Result<()> {
+    use dmae_diffusion::{LossWeighting, Prediction};
+    let s = NoiseSchedule::new(ScheduleConfig::default())?;
+    let w = LossWeighting::MinSnr { gamma: 5.0 };
+    for t in [0, 100, 500, 999] {
+        let snr = s.snr()[t];
+        let x0 = w.weight(&s, Prediction::X0, t);
+        assert!((x0 - snr.min(5.0)).abs() < 1e-12);
+        // ‖ε − ε̂‖² = SNR ‖x0 − x̂0‖² and ‖v − v̂‖² = (1 + SNR) ‖x0 − x̂0‖².
+        assert!((w.weight(&s, Prediction::Eps, t) * snr - x0).abs() < 1e-9 * x0.max(1.0));
+        assert!((w.weight(&s, Prediction::V, t) * (snr + 1.0) - x0).abs() < 1e-9 * x0.max(1.0));
+        assert_eq!(LossWeighting::Uniform.weight(&s, Prediction::V, t), 1.0);
+    }
+    assert_eq!(w.weight(&s, Prediction::X0, 0), 5.0, "low noise: capped");
+    let dev = Device::Cpu;
+    let pred = Tensor::randn(0f32, 1., (3, 4, 5), &dev)?;
+    let x0 = Tensor::randn(0f32, 1., (3, 4, 5), &dev)?;
+    let l = X0Loss::inpainting();
+    let plain = l.compute(&pred, &x0)?.to_scalar::<f32>()?;
+    let ones = l
+        .compute_weighted(&pred, &x0, &[1.0; 3])?
+        .to_scalar::<f32>()?;
+    assert!((plain - ones).abs() < 1e-6 * plain, "{plain} vs {ones}");
+    let first = l
+        .compute_weighted(&pred, &x0, &[3.0, 0.0, 0.0])?
+        .to_scalar::<f32>()?;
+    let only = l
+        .compute(&pred.narrow(0, 0, 1)?, &x0.narrow(0, 0, 1)?)?
+        .to_scalar::<f32>()?;
+    assert!((first - only).abs() < 1e-5 * only, "{first} vs {only}");
+    assert!(l.compute_weighted(&pred, &x0, &[1.0; 2]).is_err());
     Ok(())
 }

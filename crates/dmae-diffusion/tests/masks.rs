@@ -360,3 +360,65 @@ fn split_and_merge_are_differentiable() -> dmae_diffusion::Result<()> {
     assert_eq!(gx.to_vec3::<f32>()?, expect);
     Ok(())
 }
+
+/// MAE's `random_masking` with explicit noise: argsort order kept (what transformers' parity
+/// needs), `ids_restore` its inverse, the host masks in patch order.
+#[test]
+fn masks_from_noise_follow_mae_random_masking() -> dmae_diffusion::Result<()> {
+    let noise = Tensor::new(
+        &[[0.9f32, 0.1, 0.5, 0.3], [0.2, 0.2, 0.8, 0.0]],
+        &Device::Cpu,
+    )?;
+    let mi = MaskIndices::from_noise(&noise, 0.5)?;
+    assert_eq!(mi.visible().to_vec2::<u32>()?, vec![vec![1, 3], vec![3, 0]]);
+    assert_eq!(mi.masked().to_vec2::<u32>()?, vec![vec![2, 0], vec![1, 2]]);
+    assert_eq!(
+        mi.ids_restore().to_vec2::<u32>()?,
+        vec![vec![3, 0, 2, 1], vec![1, 2, 3, 0]]
+    );
+    assert_eq!(mi.masks()[0], vec![true, false, true, false]);
+    assert!(check_split_merge(&mi, 2, 4).is_ok());
+    assert!(MaskIndices::from_order(vec![vec![0, 0, 1]], 1, &Device::Cpu).is_err());
+    assert!(MaskIndices::from_noise(&noise, 1.0).is_err());
+    Ok(())
+}
+
+#[test]
+fn narrow_and_all_visible_keep_the_index_sets_consistent() -> dmae_diffusion::Result<()> {
+    let dev = Device::Cpu;
+    let mi =
+        MaskStrategy::random(0.75)?.sample(PatchGrid::new(4, 4), 5, RngKey::new(1, 2), &dev)?;
+    let part = mi.narrow(2, 2)?;
+    assert_eq!(part.batch_size(), 2);
+    assert_eq!(part.masks(), &mi.masks()[2..4]);
+    assert_eq!(
+        part.masked().to_vec2::<u32>()?,
+        mi.masked().to_vec2::<u32>()?[2..4].to_vec()
+    );
+    assert!(mi.narrow(4, 2).is_err());
+    let all = MaskIndices::all_visible(3, 16, &dev)?;
+    assert_eq!(
+        (all.num_visible(), all.num_masked(), all.batch_size()),
+        (16, 0, 3)
+    );
+    assert_eq!(
+        all.visible().to_vec2::<u32>()?[1],
+        (0..16).collect::<Vec<u32>>()
+    );
+    Ok(())
+}
+
+#[test]
+fn middle_frame_masks_hide_whole_central_frames() -> dmae_diffusion::Result<()> {
+    let grid = VideoGrid::new(5, 2, 2);
+    let s = VideoMaskStrategy::MiddleFrames { masked: 2 };
+    assert_eq!(s.num_masked(grid)?, 8);
+    let mi = s.sample(grid, 2, RngKey::new(0, 0), &Device::Cpu)?;
+    // frames 0..5, start = (5 - 2) / 2 = 1: frames 1 and 2 masked.
+    let want: Vec<bool> = (0..20).map(|j| (1..3).contains(&(j / 4))).collect();
+    assert_eq!(mi.masks()[1], want);
+    assert!(VideoMaskStrategy::MiddleFrames { masked: 6 }
+        .sample(grid, 1, RngKey::new(0, 0), &Device::Cpu)
+        .is_err());
+    Ok(())
+}

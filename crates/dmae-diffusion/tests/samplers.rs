@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use candle_core::{DType, Device, Tensor};
 use dmae_diffusion::{
     ddim_timesteps, ddpm_posterior, ddpm_step, q_sample, standard_normal, Error, NoiseSchedule,
-    Result, RngKey, Sampler, SamplerKind,
+    Result, RngKey, Sampler, SamplerKind, ScheduleConfig,
 };
 use proptest::prelude::*;
 
@@ -104,7 +104,10 @@ fn ddpm_step_with_a_data_mean_model_has_the_posterior_variance() -> Result<()> {
     let dev = Device::Cpu;
     let mu = 0.3f64;
     let (n, d) = (20_000, 2);
-    for sched in [NoiseSchedule::linear(1000)?, NoiseSchedule::cosine(1000)?] {
+    for sched in [
+        NoiseSchedule::new(ScheduleConfig::default())?,
+        NoiseSchedule::cosine(1000)?,
+    ] {
         for t in [1usize, 10, 300, 700, 999] {
             let x0 = standard_normal(RngKey::new(7, t as u64), (1, d), DType::F32, &dev)?
                 .affine(0.5, mu)?;
@@ -407,7 +410,7 @@ fn clipping_bounds_every_prediction() -> Result<()> {
 
 #[test]
 fn invalid_sampler_arguments_are_typed_errors() -> Result<()> {
-    let sched = NoiseSchedule::linear(1000)?;
+    let sched = NoiseSchedule::new(ScheduleConfig::default())?;
     for steps in [0usize, 1001, 5000] {
         match Sampler::new(sched.clone(), SamplerKind::Ddim { steps, eta: 0.0 }) {
             Err(Error::InvalidSteps {

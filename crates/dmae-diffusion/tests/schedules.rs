@@ -10,7 +10,7 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 
 #[test]
 fn linear_spot_values() -> Result<()> {
-    let s = NoiseSchedule::linear(1000)?;
+    let s = NoiseSchedule::new(ScheduleConfig::default())?;
     assert_eq!(s.num_timesteps(), 1000);
     // β_t = 1e-4 + (0.02 − 1e-4) t / 999.
     for t in [0usize, 1, 10, 499, 998, 999] {
@@ -83,7 +83,10 @@ fn cosine_spot_values() -> Result<()> {
 
 #[test]
 fn posterior_coefficients_match_their_formulas() -> Result<()> {
-    for s in [NoiseSchedule::linear(1000)?, NoiseSchedule::cosine(200)?] {
+    for s in [
+        NoiseSchedule::new(ScheduleConfig::default())?,
+        NoiseSchedule::cosine(200)?,
+    ] {
         for t in 1..s.num_timesteps() {
             let (b, a, ab, abp) = (
                 s.betas()[t],
@@ -217,7 +220,7 @@ fn rho_direction_and_identity() -> Result<()> {
         ..Default::default()
     };
     let base = NoiseSchedule::new(cfg(1.0, RhoTarget::AlphaBar))?;
-    assert_eq!(base, NoiseSchedule::linear(1000)?);
+    assert_eq!(base, NoiseSchedule::new(ScheduleConfig::default())?);
     let on_betas = NoiseSchedule::new(cfg(1.0, RhoTarget::Betas))?;
     for t in 0..1000 {
         assert!(close(on_betas.alpha_bar()[t], base.alpha_bar()[t], 1e-12));

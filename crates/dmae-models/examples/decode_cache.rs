@@ -1,11 +1,12 @@
-//! Times `decode` with and without the cross-attention K/V cache (one sampling step each) for a
-//! preset: `cargo run --release -p dmae-models --example decode_cache -- [preset] [batch] [steps]`.
+//! Times inpainting (`dmae_models::Inpainting`, DDIM) with and without the cross-attention K/V
+//! cache of the encoder output for a preset:
+//! `cargo run --release -p dmae-models --example decode_cache -- [preset] [batch] [steps]`.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use dmae_diffusion::{MaskStrategy, PatchGrid, RngKey};
-use dmae_models::{DiffMae, ModelConfig, TokenMask};
+use dmae_diffusion::{RngKey, SamplerKind};
+use dmae_models::{DiffMae, Inpainting, Masking, ModelConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -14,30 +15,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.get(3).map_or(Ok(20), |s| s.parse())?;
     let dev = Device::Cpu;
     let model = DiffMae::new(cfg.clone(), 0, &dev)?;
-    let (rows, cols) = cfg.grid();
-    let mask = MaskStrategy::random(0.75)?.sample(
-        PatchGrid::new(rows, cols),
-        batch,
-        RngKey::new(0, 0),
-        &dev,
+    let mut shape = vec![batch];
+    shape.extend(cfg.input_dims());
+    let images = Tensor::rand(0f32, 1., shape, &dev)?;
+    let ddim = Inpainting::new(
+        &cfg,
+        Masking::random(&cfg, 0.75)?,
+        SamplerKind::Ddim { steps, eta: 0.0 },
     )?;
-    let masking = TokenMask::from(&mask);
-    let patches = Tensor::randn(0f32, 1., (batch, cfg.num_patches(), cfg.patch_dim()), &dev)?;
-    let (x0_v, x0_m) = mask.split(&patches)?;
-    let ctx = model.encode(&x0_v, &masking)?;
-    let uncached = ctx.without_cache();
-    let t = vec![500; batch];
-    for (name, c) in [("cached", &ctx), ("uncached", &uncached)] {
-        model.decode(c, &x0_m, &masking, &t)?;
+    let mut samples = Vec::new();
+    for cached in [true, false] {
+        let inpainting = ddim.clone().with_kv_cache(cached);
+        inpainting.run(&model, &images, RngKey::new(0, 0))?;
         let start = Instant::now();
-        for _ in 0..steps {
-            model.decode(c, &x0_m, &masking, &t)?;
-        }
+        let out = inpainting.run(&model, &images, RngKey::new(0, 0))?;
         let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
         println!(
-            "{name}: {ms:.2} ms per decode (batch {batch}, {:?})",
+            "K/V cache {}: {ms:.2} ms per step (batch {batch}, {steps} DDIM steps, {:?} decoder)",
+            if cached { "on" } else { "off" },
             cfg.decoder.kind
         );
+        samples.push(out.sample);
+    }
+    let diff = (&samples[0] - &samples[1])?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    if diff > 1e-4 {
+        return Err(format!("cached and uncached samples differ by {diff}").into());
     }
     Ok(())
 }

@@ -56,6 +56,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A checkpoint or other file that cannot be written (full disk, read-only directory, ...).
+    #[error("cannot write {path}: {reason}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -113,4 +121,16 @@ pub(crate) fn check_shape(name: &str, t: &candle_core::Tensor, expected: &[usize
     } else {
         Err(Error::shape(name, expected, got))
     }
+}
+
+/// Checks a mask against a model of `l` patches; returns `(N, Lv, Lm)`.
+pub(crate) fn check_mask(
+    mask: &dmae_diffusion::MaskIndices,
+    l: usize,
+) -> Result<(usize, usize, usize)> {
+    let n = mask.batch_size();
+    if mask.num_tokens() != l {
+        return Err(Error::shape("mask", &[n, l], &[n, mask.num_tokens()]));
+    }
+    Ok((n, mask.num_visible(), mask.num_masked()))
 }

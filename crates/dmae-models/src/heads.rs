@@ -3,13 +3,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use dmae_core::Param;
+use dmae_diffusion::MaskIndices;
 use serde::{Deserialize, Serialize};
 
 use crate::block::{LayerNorm, Linear};
 use crate::config::ModelConfig;
 use crate::encoder::Encoder;
 use crate::error::{check_shape, Error, Result};
-use crate::masking::TokenMask;
 use crate::model::DiffMae;
 use crate::params::{Init, NamedParam, ParamStore};
 
@@ -44,8 +44,8 @@ impl Encoder {
                 &[n, l],
             ));
         }
-        let m = TokenMask::all_visible(n, l, images.device())?;
-        let out = self.forward(&patches, &m.visible, drop_path_seed)?;
+        let m = MaskIndices::all_visible(n, l, images.device())?;
+        let out = self.forward(&patches, m.visible(), drop_path_seed)?;
         Ok(match pool {
             Pool::Avg => {
                 let last = out
@@ -111,7 +111,8 @@ impl Classifier {
         })
     }
 
-    /// A classifier whose encoder starts from a pre-trained DiffMAE/MAE (weights copied).
+    /// A classifier whose encoder starts from a pre-trained DiffMAE/MAE (weights and position
+    /// embeddings copied).
     pub fn from_pretrained(
         model: &DiffMae,
         num_classes: usize,
@@ -121,13 +122,15 @@ impl Classifier {
     ) -> Result<Self> {
         let mut config = model.config().clone();
         config.encoder.drop_path = drop_path;
-        let c = Self::new(
+        let mut c = Self::new(
             config,
             num_classes,
             pool,
             seed,
             model.encoder.cls_token.device(),
         )?;
+        // Fixed, but not necessarily the sin-cos (an imported network keeps its file's).
+        c.encoder.pos_embed = model.encoder.pos_embed.clone();
         for p in c.params.iter().filter(|p| p.name.starts_with("encoder.")) {
             let src = model
                 .named_params()

@@ -5,9 +5,14 @@
 //! The import is a working MAE (joint decoder, learned mask token, no time conditioning, LayerNorm
 //! eps and activation from `config.json`) and, through [`DiffMae::load_encoder_from`], a DiffMAE
 //! encoder initialisation. Both decoder namings are read: `decoder.decoder_layers.N.*` (older
-//! transformers) and `decoder.decoder_encoder.layer.N.*` (transformers >= 5). The fixed position
-//! embeddings in the file are not read: ours are computed with the same formula (MAE's 2-D
-//! sin-cos; the parity tests check the outputs).
+//! transformers) and `decoder.decoder_encoder.layer.N.*` (transformers >= 5).
+//!
+//! The position embeddings stored in the file (`embeddings.position_embeddings`,
+//! `decoder.decoder_pos_embed`) are used as they are, as transformers does: released
+//! `facebook/vit-mae-*` files hold MAE's 2-D sin-cos, but a model that transformers created,
+//! fine-tuned or interpolated holds others. They stay fixed buffers ([`crate::checkpoint`] says how
+//! one that is not the sin-cos is saved); the stored cls position is folded into the cls token,
+//! since the encoder adds nothing there.
 //!
 //! [`DiffMae::mae_forward`] runs the MAE forward with an explicit masking `noise` like
 //! transformers' `noise=` argument, so anyone can check parity.
@@ -16,12 +21,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use dmae_diffusion::MaskIndices;
 use serde::Deserialize;
 
-use crate::checkpoint::assign;
+use crate::checkpoint::{assign, take_pos_embed, DECODER_POS_EMBED, ENCODER_POS_EMBED};
 use crate::config::{Activation, DecoderKind, MaskedInput, ModelConfig};
 use crate::error::{check_shape, Error, Result};
-use crate::masking::TokenMask;
 use crate::model::DiffMae;
 
 /// An image side in `config.json`: one number or `[height, width]`.
@@ -162,8 +167,9 @@ fn take(t: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
 /// Renames a transformers ViTMAE state dict to this crate's names (see [`crate::checkpoint`]):
 /// q/k/v are concatenated into `qkv`, the patch-embedding convolution becomes a linear map on
 /// channel-fastest patches. Works for `ViTMAEForPreTraining` (`vit.` prefix, decoder) and
-/// `ViTMAEModel` (no prefix, no decoder) files. Unknown tensors are an error; position
-/// embeddings are dropped.
+/// `ViTMAEModel` (no prefix, no decoder) files. Unknown tensors are an error. The position
+/// embeddings become `encoder.pos_embed` `(1 + L, De)` (its cls row added to
+/// `encoder.cls_token` and zeroed) and `decoder.pos_embed` `(1 + L, Dd)`.
 pub fn convert_vitmae_tensors(
     mut src: HashMap<String, Tensor>,
     config: &HfVitMaeConfig,
@@ -177,12 +183,26 @@ pub fn convert_vitmae_tensors(
     let p = config.patch_size;
     let c = config.num_channels;
     let d = config.hidden_size;
-    src.remove(&format!("{vit}embeddings.position_embeddings"));
-    src.remove("decoder.decoder_pos_embed");
-    out.insert(
-        "encoder.cls_token".into(),
-        take(&mut src, &format!("{vit}embeddings.cls_token"))?,
-    );
+    let cls = take(&mut src, &format!("{vit}embeddings.cls_token"))?;
+    let pos_name = format!("{vit}embeddings.position_embeddings");
+    let cls = match src.remove(&pos_name) {
+        Some(pos) => {
+            let (cls, pos) = fold_cls_position(&pos_name, cls, &pos)?;
+            out.insert(ENCODER_POS_EMBED.into(), pos);
+            cls
+        }
+        None => cls,
+    };
+    out.insert("encoder.cls_token".into(), cls);
+    if let Some(pos) = src.remove("decoder.decoder_pos_embed") {
+        let l = pos.dims().get(1).copied().unwrap_or(0);
+        check_shape(
+            "decoder.decoder_pos_embed",
+            &pos,
+            &[1, l, config.decoder_hidden_size],
+        )?;
+        out.insert(DECODER_POS_EMBED.into(), pos.squeeze(0)?.contiguous()?);
+    }
     let w = take(
         &mut src,
         &format!("{vit}embeddings.patch_embeddings.projection.weight"),
@@ -260,6 +280,21 @@ pub fn convert_vitmae_tensors(
         });
     }
     Ok(out)
+}
+
+/// A stored encoder position embedding `pos (1, 1 + L, D)` as this crate keeps it: the cls row
+/// `pos[0]` added to `cls (1, 1, D)` (ViTMAE and timm add it to the cls token; our encoder adds
+/// nothing there), and the embedding `(1 + L, D)` with row 0 zero. `name` labels shape errors.
+pub(crate) fn fold_cls_position(name: &str, cls: Tensor, pos: &Tensor) -> Result<(Tensor, Tensor)> {
+    let d = cls.dims().last().copied().unwrap_or(0);
+    check_shape("encoder.cls_token", &cls, &[1, 1, d])?;
+    let l = pos.dims().get(1).copied().unwrap_or(0).max(1);
+    check_shape(name, pos, &[1, l, d])?;
+    let pos = pos.squeeze(0)?;
+    let cls = (cls + pos.narrow(0, 0, 1)?.unsqueeze(0)?)?;
+    let zero = Tensor::zeros((1, d), pos.dtype(), pos.device())?;
+    let pos = Tensor::cat(&[&zero, &pos.narrow(0, 1, l - 1)?], 0)?;
+    Ok((cls, pos))
 }
 
 fn layer(
@@ -344,8 +379,10 @@ impl DiffMae {
 
     /// Sets this model's encoder (DiffMAE init) from imported tensors (e.g. the second value of
     /// [`load_vitmae_files`]); every `encoder.*` parameter must be present with its shape;
-    /// other tensors (an MAE decoder) are ignored.
-    pub fn load_encoder_from(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    /// other tensors (an MAE decoder) are ignored. A stored `encoder.pos_embed` replaces the
+    /// encoder's fixed one; one of another image size is accepted only if it is MAE's sin-cos
+    /// (then recomputed for this model's grid, as MAE does), otherwise it is an error naming it.
+    pub fn load_encoder_from(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         let enc: Vec<_> = self
             .named_params()
             .iter()
@@ -357,6 +394,15 @@ impl DiffMae {
             .filter(|(k, _)| k.starts_with("encoder."))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let other_size = map
+            .get(ENCODER_POS_EMBED)
+            .is_some_and(|t| t.dims() != self.encoder.pos_embed.dims());
+        if other_size && is_square_sincos(&map[ENCODER_POS_EMBED])? {
+            map.remove(ENCODER_POS_EMBED);
+        }
+        if let Some(t) = take_pos_embed(&mut map, ENCODER_POS_EMBED, &self.encoder.pos_embed)? {
+            self.encoder.pos_embed = t;
+        }
         assign(&enc, &mut map)
     }
 
@@ -387,23 +433,53 @@ impl DiffMae {
         )?;
         check_shape("noise", noise, &[n, c.num_patches()])?;
         let patches = dmae_core::patchify(pixel_values, c.patch_size)?;
-        let (masking, mask) = TokenMask::from_noise(noise, mask_ratio)?;
-        let x0_v = dmae_core::gather_tokens(&patches, &masking.visible)?;
-        let ctx = self.encode(&x0_v, &masking)?;
+        let mask = MaskIndices::from_noise(noise, mask_ratio)
+            .map_err(|e| Error::arg("mask_ratio", e.to_string()))?;
+        let (x0_v, _) = mask.split(&patches)?;
+        let ctx = self.encode(&x0_v, &mask)?;
         let t = vec![0; n];
-        let logits = self.decoder.forward_joint(&ctx, &x0_v, &masking, &t)?;
+        let logits = self.decoder.forward_joint(&ctx, &x0_v, &mask, &t)?;
         Ok(MaeOutput {
             last_hidden_state: ctx.encoder.last,
-            mask,
-            ids_restore: masking.ids_restore,
+            mask: mask.mask_tensor(pixel_values.dtype())?,
+            ids_restore: mask.ids_restore().clone(),
             logits,
         })
     }
 }
 
+/// Whether `t (1 + g·g, D)` is MAE's 2-D sin-cos of a `g x g` grid with a zero cls row (to float
+/// rounding: files hold it as computed by numpy).
+fn is_square_sincos(t: &Tensor) -> Result<bool> {
+    let Ok((l, d)) = t.dims2() else {
+        return Ok(false);
+    };
+    let g = (l.saturating_sub(1) as f64).sqrt().round() as usize;
+    if l == 0 || g * g + 1 != l || d % 4 != 0 {
+        return Ok(false);
+    }
+    let want = crate::embed::sincos_2d(g, g, d, true);
+    let got = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5))
+}
+
 /// `(config.json, model.safetensors)` paths of a Hub repository, from the cache or downloaded.
 #[cfg(feature = "hf-hub")]
 pub fn hub_files(repo_id: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    Ok((
+        hub_file(repo_id, "config.json")?,
+        hub_file(repo_id, "model.safetensors")?,
+    ))
+}
+
+/// The local path of `file` in Hub repository `repo_id`, from the hf-hub cache (`HF_HOME`) or
+/// downloaded into it. With `HF_HUB_OFFLINE=1` only the cache is read and a missing file is an
+/// error, never a network wait.
+#[cfg(feature = "hf-hub")]
+pub fn hub_file(repo_id: &str, file: &str) -> Result<std::path::PathBuf> {
     let offline = std::env::var("HF_HUB_OFFLINE")
         .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"));
     let err = |reason: String| Error::Io {
@@ -411,21 +487,20 @@ pub fn hub_files(repo_id: &str) -> Result<(std::path::PathBuf, std::path::PathBu
         reason,
     };
     if offline {
-        let cache = hf_hub::Cache::from_env().model(repo_id.to_string());
-        let get = |f: &str| {
-            cache.get(f).ok_or_else(|| {
+        return hf_hub::Cache::from_env()
+            .model(repo_id.to_string())
+            .get(file)
+            .ok_or_else(|| {
                 err(format!(
-                    "{f} is not in the hf-hub cache and HF_HUB_OFFLINE is set"
+                    "{file} is not in the hf-hub cache and HF_HUB_OFFLINE is set"
                 ))
-            })
-        };
-        return Ok((get("config.json")?, get("model.safetensors")?));
+            });
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(false)
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let repo = api.model(repo_id.to_string());
-    let get = |f: &str| repo.get(f).map_err(|e| err(format!("{f}: {e}")));
-    Ok((get("config.json")?, get("model.safetensors")?))
+    api.model(repo_id.to_string())
+        .get(file)
+        .map_err(|e| err(format!("{file}: {e}")))
 }

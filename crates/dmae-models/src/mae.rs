@@ -4,15 +4,19 @@
 //!
 //! The files carry no config, so the caller gives the [`ModelConfig`] (e.g.
 //! `ModelConfig::base().into_mae()` for `mae_pretrain_vit_base_full.pth`; widths, depths and
-//! heads must match). Fixed position embeddings are dropped (ours use the same formula).
+//! heads must match). The stored position embeddings are kept as the Hugging Face import keeps
+//! them ([`crate::hf`]): MAE's pre-training files hold its fixed sin-cos, but a fine-tuned
+//! encoder's were learned.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use crate::checkpoint::{DECODER_POS_EMBED, ENCODER_POS_EMBED};
 use crate::config::ModelConfig;
 use crate::error::{check_shape, Error, Result};
+use crate::hf::fold_cls_position;
 use crate::model::DiffMae;
 
 /// Renames an MAE (timm) state dict to this crate's names (see [`crate::checkpoint`]). Decoder
@@ -23,10 +27,20 @@ pub fn convert_mae_tensors(
 ) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     let (d, p, c) = (config.encoder.dim, config.patch_size, config.in_channels);
+    let mut pos_embed = None;
     for (name, t) in src {
         let new = match name.as_str() {
-            "pos_embed" | "decoder_pos_embed" | "fc_norm.weight" | "fc_norm.bias"
-            | "head.weight" | "head.bias" => continue,
+            "fc_norm.weight" | "fc_norm.bias" | "head.weight" | "head.bias" => continue,
+            "pos_embed" => {
+                pos_embed = Some(t);
+                continue;
+            }
+            "decoder_pos_embed" => {
+                let l = t.dims().get(1).copied().unwrap_or(0);
+                check_shape("decoder_pos_embed", &t, &[1, l, config.decoder.dim])?;
+                out.insert(DECODER_POS_EMBED.to_string(), t.squeeze(0)?);
+                continue;
+            }
             "patch_embed.proj.weight" => {
                 check_shape("patch_embed.proj.weight", &t, &[d, c, p, p])?;
                 out.insert(
@@ -59,6 +73,17 @@ pub fn convert_mae_tensors(
             }
         };
         out.insert(new, t);
+    }
+    if let Some(pos) = pos_embed {
+        let cls = out
+            .remove("encoder.cls_token")
+            .ok_or_else(|| Error::MissingTensor {
+                name: "cls_token".into(),
+                expected: vec![1, 1, d],
+            })?;
+        let (cls, pos) = fold_cls_position("pos_embed", cls, &pos)?;
+        out.insert("encoder.cls_token".to_string(), cls);
+        out.insert(ENCODER_POS_EMBED.to_string(), pos);
     }
     Ok(out)
 }

@@ -3,13 +3,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use dmae_core::{DataParallel, Param};
-use dmae_diffusion::Denoiser;
+use dmae_diffusion::{Denoiser, MaskIndices};
 
 use crate::config::ModelConfig;
 use crate::decoder::{Decoder, Encoded};
 use crate::encoder::Encoder;
-use crate::error::{check_shape, Error, Result};
-use crate::masking::TokenMask;
+use crate::error::{check_mask, check_shape, Error, Result};
 use crate::params::{NamedParam, ParamStore};
 
 /// A DiffMAE (or, with [`ModelConfig::into_mae`], MAE) network.
@@ -73,53 +72,66 @@ impl DiffMae {
         self.params.iter().map(|p| p.var.elem_count()).sum()
     }
 
-    /// Runs the encoder once on the visible patches `x0_v (N, Lv, p·p·C)` at `masking.visible`
+    /// Runs the encoder once on the visible patches `x0_v (N, Lv, p·p·C)` at `mask.visible()`
     /// and prepares the decoder context with every cross-attention block's K/V cached.
-    pub fn encode(&self, x0_v: &Tensor, masking: &TokenMask) -> Result<Encoded> {
-        masking.check(self.config.num_patches())?;
-        let out = self.encoder.forward(x0_v, &masking.visible, None)?;
+    pub fn encode(&self, x0_v: &Tensor, mask: &MaskIndices) -> Result<Encoded> {
+        check_mask(mask, self.config.num_patches())?;
+        let out = self.encoder.forward(x0_v, mask.visible(), None)?;
         self.decoder.prepare(&self.encoder, out, true)
     }
 
-    /// `x̂_0 = D(x_t^m, t, E(x_0^v))` of the masked patches, `(N, Lm, p·p·C)`.
+    /// `D(x_t^m, t, E(x_0^v))` at the masked patches, `(N, Lm, p·p·C)`: `x̂_0` (or `ε̂`, `v̂`,
+    /// see [`crate::DiffusionConfig::prediction`]).
     pub fn decode(
         &self,
         ctx: &Encoded,
         x_t: &Tensor,
-        masking: &TokenMask,
+        mask: &MaskIndices,
         t: &[usize],
     ) -> Result<Tensor> {
-        self.decoder.forward(ctx, x_t, masking, t)
+        self.decoder.forward(ctx, x_t, mask, t)
     }
 
-    /// The training forward: splits `patches (N, L, p·p·C)` by `masking`, encodes the visible
-    /// ones and decodes the noisy masked ones `x_t (N, Lm, p·p·C)` at timesteps `t`. The loss
-    /// is dmae-diffusion's `X0Loss` of the result against the masked patches.
+    /// [`DiffMae::forward`] with the CLIP head's output too (models with a CLIP target):
+    /// `(pixels, Some(features (N, Lm, D_clip)))`.
+    pub fn forward_targets(
+        &self,
+        x0_v: &Tensor,
+        mask: &MaskIndices,
+        x_t: &Tensor,
+        t: &[usize],
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (n, lv, _) = check_mask(mask, self.config.num_patches())?;
+        check_shape("x0_v", x0_v, &[n, lv, self.config.patch_dim()])?;
+        let ctx = self.encode(x0_v, mask)?;
+        self.decoder.forward_targets(&ctx, x_t, mask, t)
+    }
+
+    /// The training forward: encodes the visible patches `x0_v (N, Lv, p·p·C)` (what
+    /// [`MaskIndices::split`] gives) and decodes the noisy masked ones `x_t (N, Lm, p·p·C)` at
+    /// timesteps `t`. The loss compares the result with the masked patches' target.
     pub fn forward(
         &self,
-        patches: &Tensor,
-        masking: &TokenMask,
+        x0_v: &Tensor,
+        mask: &MaskIndices,
         x_t: &Tensor,
         t: &[usize],
     ) -> Result<Tensor> {
-        let (n, _, _) = masking.check(self.config.num_patches())?;
-        check_shape(
-            "patches",
-            patches,
-            &[n, self.config.num_patches(), self.config.patch_dim()],
-        )?;
-        let x0_v = dmae_core::gather_tokens(patches, &masking.visible)?;
-        let ctx = self.encode(&x0_v, masking)?;
-        self.decode(&ctx, x_t, masking, t)
+        let (n, lv, _) = check_mask(mask, self.config.num_patches())?;
+        check_shape("x0_v", x0_v, &[n, lv, self.config.patch_dim()])?;
+        let ctx = self.encode(x0_v, mask)?;
+        self.decode(&ctx, x_t, mask, t)
     }
 
     /// A [`Denoiser`] for dmae-diffusion's samplers: this model, one encoded context and its
-    /// masking. The sampler calls only the decoder.
-    pub fn denoiser<'a>(&'a self, ctx: &'a Encoded, masking: &'a TokenMask) -> ModelDenoiser<'a> {
+    /// mask. The sampler calls only the decoder. The denoiser returns the decoder's raw output
+    /// (`x̂_0` for x0-prediction models); [`crate::Inpainting`] turns other predictions into
+    /// `x̂_0`.
+    pub fn denoiser<'a>(&'a self, ctx: &'a Encoded, mask: &'a MaskIndices) -> ModelDenoiser<'a> {
         ModelDenoiser {
             model: self,
             ctx,
-            masking,
+            mask,
             shards: None,
         }
     }
@@ -133,7 +145,7 @@ pub struct ModelDenoiser<'a> {
     /// The encoder output of the visible patches (run once).
     pub ctx: &'a Encoded,
     /// Which patches are masked.
-    pub masking: &'a TokenMask,
+    pub mask: &'a MaskIndices,
     /// `Some`: each decode is split over these CPU thread groups (see [`ModelDenoiser::sharded`]).
     pub shards: Option<&'a DataParallel>,
 }
@@ -152,17 +164,17 @@ impl<'a> ModelDenoiser<'a> {
     fn decode(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
         let n = self.ctx.batch_size();
         // Inputs that do not match the context are left to the whole-batch decode to report.
-        let lm = self.masking.masked.dim(1)?;
+        let lm = self.mask.num_masked();
         let fits = t.len() == n && x_t.dims() == [n, lm, self.model.config.patch_dim()];
         let Some(shards) = self.shards.filter(|s| s.shards() > 1 && n > 1 && fits) else {
-            return self.model.decode(self.ctx, x_t, self.masking, t);
+            return self.model.decode(self.ctx, x_t, self.mask, t);
         };
         let parts = shards.map(n, |r| {
             let (s, l) = (r.start, r.len());
             self.model.decode(
                 &self.ctx.narrow(s, l)?,
                 &x_t.narrow(0, s, l)?,
-                &self.masking.narrow(s, l)?,
+                &self.mask.narrow(s, l)?,
                 &t[r],
             )
         });

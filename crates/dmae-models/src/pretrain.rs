@@ -1,17 +1,23 @@
 //! One pre-training step as data (paper § 3, Fig. 2): mask the patches, noise the masked ones,
-//! encode the visible ones, decode, and take the x0 loss on the masked patches.
+//! encode the visible ones, decode, and regress the target on the masked patches.
 //!
 //! ```text
 //! images (N, C, H, W)          ─ ModelConfig::patchify ─>  patches (N, L, P)
-//! mask.sample(grid, N, key)    ─>  visible (N, Lv), masked (N, Lm)
-//! split(patches)               ─>  x0_v (N, Lv, P), x0_m (N, Lm, P)
-//! diffuse(schedule, x0_m, key) ─>  t (N,), x_t = √ᾱ_t x0_m + √(1−ᾱ_t) ε
-//! DiffMae::forward             ─>  x̂0_m = D(x_t, t, E(x0_v))
-//! X0Loss::compute              ─>  mean ‖target(x0_m) − x̂0_m‖²
+//! mask.sample(config, N, key)  ─>  MaskIndices: visible (N, Lv), masked (N, Lm)
+//! mask.split(patches)          ─>  x0_v (N, Lv, P), x0_m (N, Lm, P)
+//! diffuse(schedule, x0_m, key) ─>  t (N,), ε, x_t = √ᾱ_t x0_m + √(1−ᾱ_t) ε
+//! DiffMae::forward             ─>  D(x_t, t, E(x0_v))
+//! X0Loss::compute              ─>  mean ‖target − D(…)‖²   (target: x0_m, or ε / v, config.diffusion)
 //! ```
-//! In MAE mode ([`ModelConfig::into_mae`]) the decoder reads a mask token instead of `x_t`, so
-//! no noise is drawn. Every draw comes from `(key, sample index)`, so a step is reproducible
-//! from `(seed, step)` alone, whatever the batch split or thread count.
+//! The schedule, the prediction and the pixel scaling come from [`ModelConfig::diffusion`], so
+//! a checkpoint samples with what it was trained with. In MAE mode ([`ModelConfig::into_mae`])
+//! the decoder reads a mask token instead of `x_t` and regresses the pixels: no noise is drawn.
+//! Every draw comes from `(key, sample index)`, so a step is reproducible from `(seed, step)`
+//! alone, whatever the batch split or thread count.
+//!
+//! Models with a CLIP target ([`crate::Target`]) also regress, with a second decoder head, the
+//! patch features of a frozen CLIP tower at the masked positions ([`Pretraining::with_clip`]):
+//! the loss is the pixel loss plus `weight ×` the mean squared feature error.
 //!
 //! Training calls [`Pretraining::backward`]: [`Pretraining::draw`] for the whole batch, then
 //! [`Pretraining::loss_on`] and its backward pass per shard of a [`DataParallel`] split, on the
@@ -19,84 +25,52 @@
 
 use std::ops::Range;
 
+use std::sync::Arc;
+
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use dmae_core::DataParallel;
 use dmae_diffusion::{
-    diffuse, MaskIndices, MaskStrategy, NoiseSchedule, PatchGrid, RngKey, VideoGrid,
-    VideoMaskStrategy, X0Loss,
+    diffuse, LossWeighting, MaskIndices, NoiseSchedule, Prediction, RngKey, X0Loss,
 };
 
-use crate::config::{MaskedInput, ModelConfig};
+use crate::clip::{ClipFeatureConfig, ClipVision};
+use crate::config::{DataRange, ModelConfig, Target};
 use crate::error::{check_shape, Error, Result};
-use crate::masking::TokenMask;
+use crate::mask::Masking;
 use crate::model::DiffMae;
 
-/// How pre-training masks its inputs: an image strategy on the patch grid, or a video one on
-/// the tubelet grid.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PretrainMask {
-    /// Images: [`MaskStrategy`] on `rows × cols`.
-    Image(MaskStrategy),
-    /// Clips: [`VideoMaskStrategy`] on `T' × rows × cols`.
-    Video(VideoMaskStrategy),
-}
-
-impl PretrainMask {
-    /// MAE's default for `config`: random 75% for images, tube 90% for video (VideoMAE).
-    pub fn default_for(config: &ModelConfig) -> Result<Self> {
-        Ok(if config.is_video() {
-            Self::Video(VideoMaskStrategy::tube(0.9)?)
-        } else {
-            Self::Image(MaskStrategy::random(0.75)?)
-        })
-    }
-
-    /// Random masking with `ratio`: per image, or as tubes for video.
-    pub fn random(config: &ModelConfig, ratio: f64) -> Result<Self> {
-        Ok(if config.is_video() {
-            Self::Video(VideoMaskStrategy::tube(ratio)?)
-        } else {
-            Self::Image(MaskStrategy::random(ratio)?)
-        })
-    }
-
-    /// Draws the masks of `batch` samples of `config`'s token grid.
-    pub fn sample(
-        &self,
-        config: &ModelConfig,
-        batch: usize,
-        key: RngKey,
-        device: &candle_core::Device,
-    ) -> Result<MaskIndices> {
-        let (rows, cols) = config.grid();
-        Ok(match (self, config.is_video()) {
-            (Self::Image(s), false) => s.sample(PatchGrid::new(rows, cols), batch, key, device)?,
-            (Self::Video(s), true) => s.sample(
-                VideoGrid::new(config.time_steps(), rows, cols),
-                batch,
-                key,
-                device,
-            )?,
-            (Self::Image(_), true) => {
-                return Err(Error::arg("mask", "an image mask for a video model"))
-            }
-            (Self::Video(_), false) => {
-                return Err(Error::arg("mask", "a video mask for an image model"))
-            }
-        })
-    }
-}
-
-/// The pieces of one pre-training objective: mask, noise schedule and loss.
+/// The pieces of one pre-training objective: mask, noise schedule, what is predicted, loss.
 #[derive(Clone, Debug)]
 pub struct Pretraining {
     /// Which patches the encoder sees.
-    pub mask: PretrainMask,
+    pub mask: Masking,
     /// The forward process `q(x_t | x_0)` (unused in MAE mode).
     pub schedule: NoiseSchedule,
-    /// The x0 loss (its `norm_pix` follows [`ModelConfig::norm_pix_loss`] by default).
+    /// What the decoder predicts (unused in MAE mode, which predicts pixels).
+    pub prediction: Prediction,
+    /// How pixels are scaled before noise is added (unused in MAE mode).
+    pub data_range: DataRange,
+    /// How the timesteps' losses are weighed (unused in MAE mode).
+    pub weighting: LossWeighting,
+    /// The regression loss (its `norm_pix` follows [`ModelConfig::norm_pix_loss`]).
     pub loss: X0Loss,
+    /// What is regressed: pixels, CLIP features or both ([`ModelConfig::diffusion`]).
+    pub target: Target,
+    /// The frozen CLIP tower and its features, for models with a CLIP target
+    /// ([`Pretraining::with_clip`]).
+    pub clip: Option<ClipLoss>,
+}
+
+/// The CLIP part of the objective: a frozen tower, which of its features, and their weight.
+#[derive(Clone, Debug)]
+pub struct ClipLoss {
+    /// The tower (shared: it is large and never trained).
+    pub tower: Arc<ClipVision>,
+    /// Which layer and normalisation.
+    pub features: ClipFeatureConfig,
+    /// Weight of the feature loss against the pixel loss.
+    pub weight: f64,
 }
 
 /// What one step produced: the scalar loss to back-propagate and the draws behind it.
@@ -108,24 +82,65 @@ pub struct PretrainStep {
     pub mask: MaskIndices,
     /// One 0-based timestep per sample (empty in MAE mode).
     pub t: Vec<usize>,
-    /// The prediction `x̂0_m (N, Lm, P)`.
+    /// The decoder's output `(N, Lm, P)`.
     pub pred: Tensor,
-    /// The clean masked patches `x0_m (N, Lm, P)`.
-    pub x0_masked: Tensor,
+    /// What it is compared with `(N, Lm, P)` (before `norm_pix`): `x0_m` in the diffusion's
+    /// pixel scale, `ε` or `v`; MAE: the masked pixels.
+    pub target: Tensor,
+}
+
+/// `x` (pixels in [0, 1]) in the diffusion's scale; `Unit` returns `x` untouched.
+pub(crate) fn to_diffusion_range(range: DataRange, x: &Tensor) -> Result<Tensor> {
+    Ok(match range.affine() {
+        (a, b) if a == 1.0 && b == 0.0 => x.clone(),
+        (a, b) => x.affine(a, b)?,
+    })
 }
 
 impl Pretraining {
-    /// The paper's setup for `config`: MAE's default mask ([`PretrainMask::default_for`]), the
-    /// linear schedule with `T = 1000` (DDPM), and the x0 loss with `config.norm_pix_loss`.
+    /// The setup `config` describes: MAE's default mask ([`Masking::default_for`]), the noise
+    /// schedule, prediction and pixel scaling of [`ModelConfig::diffusion`], and the loss with
+    /// `config.norm_pix_loss`.
     pub fn for_config(config: &ModelConfig) -> Result<Self> {
         Ok(Self {
-            mask: PretrainMask::default_for(config)?,
-            schedule: NoiseSchedule::linear(1000)?,
+            mask: Masking::default_for(config)?,
+            schedule: config.diffusion.noise_schedule()?,
+            prediction: config.diffusion.prediction,
+            data_range: config.diffusion.data_range,
+            weighting: config.diffusion.loss_weighting(),
             loss: X0Loss {
                 norm_pix: config.norm_pix_loss,
                 ..X0Loss::pretraining()
             },
+            target: config.diffusion.target,
+            clip: None,
         })
+    }
+
+    /// The frozen CLIP `tower` of a model with a CLIP target (its features' settings and
+    /// weight from `config.diffusion.clip`); the tower's width must be the model's.
+    pub fn with_clip(mut self, config: &ModelConfig, tower: Arc<ClipVision>) -> Result<Self> {
+        let c =
+            config.diffusion.clip.as_ref().ok_or_else(|| {
+                Error::arg("clip", "the model has no CLIP target (diffusion.clip)")
+            })?;
+        if tower.dim() != c.dim {
+            return Err(Error::arg(
+                "clip",
+                format!(
+                    "the tower's features are {} wide, the model's CLIP head {}",
+                    tower.dim(),
+                    c.dim
+                ),
+            ));
+        }
+        c.features.block(tower.config().num_hidden_layers)?;
+        self.clip = Some(ClipLoss {
+            tower,
+            features: c.features,
+            weight: c.weight,
+        });
+        Ok(self)
     }
 
     /// Every random draw of one step on `images (N, C, H, W)` (clips `(N, C, T, H, W)`), made
@@ -142,28 +157,46 @@ impl Pretraining {
         }
         let patches = config.patchify(images)?;
         let mask = self.mask.sample(config, n, key, images.device())?;
-        let masking = TokenMask::from(&mask);
-        let (_, x0_masked) = mask.split(&patches)?;
-        let (x_t, t) = match config.decoder.masked_input {
-            MaskedInput::NoisyPatch => {
-                let d = diffuse(&self.schedule, &x0_masked, key)?;
-                (d.x_t, d.t)
-            }
+        let (x0_visible, x0_masked) = mask.split(&patches)?;
+        let (x_t, t, target) = if config.is_diffusion() {
+            let x0 = to_diffusion_range(self.data_range, &x0_masked)?;
+            let d = diffuse(&self.schedule, &x0, key)?;
+            let target = self
+                .prediction
+                .target(&self.schedule, &x0, &d.noise, &d.t)?;
+            (d.x_t, d.t, target)
+        } else {
             // The mask-token decoder never reads x_t; zeros keep the ground truth out of it.
-            MaskedInput::MaskToken => (x0_masked.zeros_like()?, Vec::new()),
+            (x0_masked.zeros_like()?, Vec::new(), x0_masked)
+        };
+        let clip_target = match (self.target, &self.clip) {
+            (Target::Pixels, _) => None,
+            (_, None) => return Err(Error::arg(
+                "clip",
+                "this model regresses CLIP features: give the tower with Pretraining::with_clip",
+            )),
+            (_, Some(c)) => {
+                let (rows, cols) = config.grid();
+                let grid = dmae_diffusion::PatchGrid::new(rows, cols);
+                let all = c
+                    .tower
+                    .target(&images.to_dtype(DType::F32)?, &c.features, grid)?;
+                let all = all.to_device(images.device())?.to_dtype(images.dtype())?;
+                Some(dmae_core::gather_tokens(&all, mask.masked())?)
+            }
         };
         Ok(PretrainBatch {
-            patches,
-            masking,
+            x0_visible,
             mask,
             x_t,
             t,
-            x0_masked,
+            target,
+            clip_target,
         })
     }
 
-    /// The prediction `x̂0_m = D(x_t, t, E(x0_v))` and the x0 loss (the mean over the samples
-    /// in `range`) for samples `range` of a drawn batch.
+    /// The decoder's output `D(x_t, t, E(x0_v))` and the loss (the mean over the samples in
+    /// `range`) for samples `range` of a drawn batch.
     pub fn loss_on(
         &self,
         model: &DiffMae,
@@ -178,14 +211,39 @@ impl Pretraining {
                 Error::arg("range", format!("beyond the batch of {}", batch.t.len()))
             })?
         };
-        let x0_masked = batch.x0_masked.narrow(0, start, len)?;
-        let pred = model.forward(
-            &batch.patches.narrow(0, start, len)?,
-            &batch.masking.narrow(start, len)?,
+        let (pred, clip_pred) = model.forward_targets(
+            &batch.x0_visible.narrow(0, start, len)?,
+            &batch.mask.narrow(start, len)?,
             &batch.x_t.narrow(0, start, len)?,
             &t_in,
         )?;
-        let loss = self.loss.compute(&pred, &x0_masked)?;
+        let target = batch.target.narrow(0, start, len)?;
+        let pixel_loss = match self.weighting {
+            // Uniform keeps the plain mean (bit-identical to the unweighted loss).
+            LossWeighting::Uniform => self.loss.compute(&pred, &target)?,
+            w if !batch.t.is_empty() => {
+                let weights: Vec<f64> = t_in
+                    .iter()
+                    .map(|&t| w.weight(&self.schedule, self.prediction, t))
+                    .collect();
+                self.loss.compute_weighted(&pred, &target, &weights)?
+            }
+            _ => self.loss.compute(&pred, &target)?,
+        };
+        let loss = match (&batch.clip_target, clip_pred, &self.clip) {
+            (Some(clip_target), Some(clip_pred), Some(c)) => {
+                let clip_target = clip_target.narrow(0, start, len)?;
+                let clip_loss = ((clip_pred - clip_target)?.sqr()?.mean_all()? * c.weight)?;
+                match self.target {
+                    Target::Clip => clip_loss,
+                    _ => (pixel_loss + clip_loss)?,
+                }
+            }
+            (Some(_), None, _) => {
+                return Err(Error::arg("model", "has no CLIP head for its CLIP target"))
+            }
+            _ => pixel_loss,
+        };
         Ok((loss, pred))
     }
 
@@ -193,14 +251,14 @@ impl Pretraining {
     /// timesteps, noise) is derived from `key`.
     pub fn step(&self, model: &DiffMae, images: &Tensor, key: RngKey) -> Result<PretrainStep> {
         let batch = self.draw(model, images, key)?;
-        let n = batch.patches.dim(0)?;
+        let n = batch.mask.batch_size();
         let (loss, pred) = self.loss_on(model, &batch, 0..n)?;
         Ok(PretrainStep {
             loss,
             mask: batch.mask,
             t: batch.t,
             pred,
-            x0_masked: batch.x0_masked,
+            target: batch.target,
         })
     }
 
@@ -217,7 +275,7 @@ impl Pretraining {
     ) -> Result<(Tensor, GradStore)> {
         let batch = self.draw(model, images, key)?;
         let vars: Vec<Var> = model.named_params().iter().map(|p| p.var.clone()).collect();
-        let n = batch.patches.dim(0)?;
+        let n = batch.mask.batch_size();
         Ok(shards.backward(n, &vars, |r| {
             self.loss_on(model, &batch, r)
                 .map(|(loss, _)| loss)
@@ -229,18 +287,18 @@ impl Pretraining {
 /// The inputs of one pre-training step with every random draw made ([`Pretraining::draw`]).
 #[derive(Clone, Debug)]
 pub struct PretrainBatch {
-    /// All patches `(N, L, P)`.
-    pub patches: Tensor,
-    /// Token index sets of `mask`.
-    pub masking: TokenMask,
+    /// The visible patches the encoder reads `(N, Lv, P)`, pixels in [0, 1].
+    pub x0_visible: Tensor,
     /// The masks.
     pub mask: MaskIndices,
     /// The decoder's masked input `(N, Lm, P)`: `x_t`, or zeros in MAE mode.
     pub x_t: Tensor,
     /// One 0-based timestep per sample (empty in MAE mode).
     pub t: Vec<usize>,
-    /// The clean masked patches `(N, Lm, P)`.
-    pub x0_masked: Tensor,
+    /// The regression target `(N, Lm, P)` (see [`PretrainStep::target`]).
+    pub target: Tensor,
+    /// The CLIP features of the masked patches `(N, Lm, D_clip)` (models with a CLIP target).
+    pub clip_target: Option<Tensor>,
 }
 
 #[cfg(test)]
@@ -275,7 +333,7 @@ mod tests {
         );
         assert_eq!(la, lb);
         assert_ne!(la, lc);
-        assert_eq!(a.x0_masked.dims(), &[3, 37, 16]);
+        assert_eq!(a.target.dims(), &[3, 37, 16]);
         assert_eq!(a.t.len(), 3);
         let grads = a.loss.backward().unwrap();
         for p in model.named_params() {
@@ -346,7 +404,7 @@ mod tests {
         let clips = Tensor::rand(0f32, 1., (2, 1, 8, 32, 32), &dev).unwrap();
         let s = p.step(&model, &clips, RngKey::new(0, 3)).unwrap();
         // 90% tube masking: 64 - floor(64 * 0.1) = 58 masked per frame, 4 temporal positions.
-        assert_eq!(s.x0_masked.dims(), &[2, 4 * 58, 32]);
+        assert_eq!(s.target.dims(), &[2, 4 * 58, 32]);
         for m in s.mask.masks() {
             for t in 1..4 {
                 assert_eq!(m[..64], m[t * 64..(t + 1) * 64]);

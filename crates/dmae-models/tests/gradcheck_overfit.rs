@@ -7,8 +7,10 @@ use std::io::Read;
 
 use candle_core::{DType, Device, Tensor};
 use dmae_core::{AdamW, AdamWConfig};
-use dmae_diffusion::{diffuse, MaskStrategy, NoiseSchedule, PatchGrid, RngKey, X0Loss};
-use dmae_models::{CrossSource, DecoderKind, DiffMae, ModelConfig, TokenMask};
+use dmae_diffusion::{
+    diffuse, MaskStrategy, NoiseSchedule, PatchGrid, RngKey, ScheduleConfig, X0Loss,
+};
+use dmae_models::{CrossSource, DecoderKind, DiffMae, ModelConfig};
 
 #[test]
 fn full_forward_gradients_match_finite_differences() {
@@ -30,7 +32,6 @@ fn full_forward_gradients_match_finite_differences() {
             .unwrap()
             .sample(PatchGrid::new(rows, cols), 2, RngKey::new(2, 0), &dev)
             .unwrap();
-        let masking = TokenMask::from(&mask);
         let patches =
             Tensor::randn(0f64, 1., (2, cfg.num_patches(), cfg.patch_dim()), &dev).unwrap();
         let x_t = Tensor::randn(0f64, 1., (2, mask.num_masked(), cfg.patch_dim()), &dev).unwrap();
@@ -38,7 +39,7 @@ fn full_forward_gradients_match_finite_differences() {
         let t = [17usize, 640];
         let loss = || {
             model
-                .forward(&patches, &masking, &x_t, &t)
+                .forward(&mask.split(&patches).unwrap().0, &mask, &x_t, &t)
                 .unwrap()
                 .mul(&r)
                 .unwrap()
@@ -148,9 +149,8 @@ fn overfits_eight_mnist_digits() {
         .unwrap()
         .sample(PatchGrid::new(7, 7), 8, key, &dev)
         .unwrap();
-    let masking = TokenMask::from(&mask);
     let (_, x0_m) = mask.split(&patches).unwrap();
-    let schedule = NoiseSchedule::linear(1000).unwrap();
+    let schedule = NoiseSchedule::new(ScheduleConfig::default()).unwrap();
     let d = diffuse(&schedule, &x0_m, key).unwrap();
     let loss_fn = X0Loss::inpainting();
     let mut opt = AdamW::new(
@@ -164,7 +164,9 @@ fn overfits_eight_mnist_digits() {
     let loss = || {
         loss_fn
             .compute(
-                &model.forward(&patches, &masking, &d.x_t, &d.t).unwrap(),
+                &model
+                    .forward(&mask.split(&patches).unwrap().0, &mask, &d.x_t, &d.t)
+                    .unwrap(),
                 &x0_m,
             )
             .unwrap()

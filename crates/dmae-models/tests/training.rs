@@ -6,11 +6,12 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use dmae_core::{AdamW, AdamWConfig};
 use dmae_diffusion::{
-    diffuse, MaskStrategy, NoiseSchedule, PatchGrid, RngKey, Sampler, SamplerKind, X0Loss,
+    diffuse, MaskIndices, MaskStrategy, NoiseSchedule, PatchGrid, RngKey, Sampler, SamplerKind,
+    ScheduleConfig, X0Loss,
 };
-use dmae_models::{DiffMae, ModelConfig, TokenMask};
+use dmae_models::{DiffMae, ModelConfig};
 
-fn step_loss(model: &DiffMae, images: &Tensor, seed: u64) -> (Tensor, TokenMask) {
+fn step_loss(model: &DiffMae, images: &Tensor, seed: u64) -> (Tensor, MaskIndices) {
     let c = model.config();
     let dev = images.device();
     let patches = dmae_core::patchify(images, c.patch_size).unwrap();
@@ -20,13 +21,14 @@ fn step_loss(model: &DiffMae, images: &Tensor, seed: u64) -> (Tensor, TokenMask)
         .unwrap()
         .sample(PatchGrid::new(rows, cols), images.dim(0).unwrap(), key, dev)
         .unwrap();
-    let masking = TokenMask::from(&mask);
     let (_x0_v, x0_m) = mask.split(&patches).unwrap();
-    let schedule = NoiseSchedule::linear(1000).unwrap();
+    let schedule = NoiseSchedule::new(ScheduleConfig::default()).unwrap();
     let d = diffuse(&schedule, &x0_m, key).unwrap();
-    let pred = model.forward(&patches, &masking, &d.x_t, &d.t).unwrap();
+    let pred = model
+        .forward(&mask.split(&patches).unwrap().0, &mask, &d.x_t, &d.t)
+        .unwrap();
     let loss = X0Loss::inpainting().compute(&pred, &x0_m).unwrap();
-    (loss, masking)
+    (loss, mask)
 }
 
 #[test]
@@ -109,12 +111,11 @@ fn cached_kv_decode_equals_uncached() {
             .unwrap()
             .sample(PatchGrid::new(rows, cols), 2, RngKey::new(1, 1), &dev)
             .unwrap();
-        let masking = TokenMask::from(&mask);
         let (x0_v, x0_m) = mask.split(&patches).unwrap();
-        let ctx = model.encode(&x0_v, &masking).unwrap();
-        let a = model.decode(&ctx, &x0_m, &masking, &[10, 500]).unwrap();
+        let ctx = model.encode(&x0_v, &mask).unwrap();
+        let a = model.decode(&ctx, &x0_m, &mask, &[10, 500]).unwrap();
         let b = model
-            .decode(&ctx.without_cache(), &x0_m, &masking, &[10, 500])
+            .decode(&ctx.without_cache(), &x0_m, &mask, &[10, 500])
             .unwrap();
         let err = common::max_abs_diff(&a, &b);
         assert!(err <= 1e-5, "{:?}: {err}", cfg.decoder.kind);
@@ -136,15 +137,14 @@ fn samplers_drive_the_model() {
         .unwrap()
         .sample(PatchGrid::new(rows, cols), 2, RngKey::new(1, 1), &dev)
         .unwrap();
-    let masking = TokenMask::from(&mask);
     let (x0_v, x0_m) = mask.split(&patches).unwrap();
-    let ctx = model.encode(&x0_v, &masking).unwrap();
+    let ctx = model.encode(&x0_v, &mask).unwrap();
     let sampler = Sampler::new(
-        NoiseSchedule::linear(1000).unwrap(),
+        NoiseSchedule::new(ScheduleConfig::default()).unwrap(),
         SamplerKind::Ddim { steps: 5, eta: 0.0 },
     )
     .unwrap();
-    let mut den = model.denoiser(&ctx, &masking);
+    let mut den = model.denoiser(&ctx, &mask);
     let out = sampler
         .sample(&mut den, x0_m.dims(), DType::F32, &dev, RngKey::new(0, 0))
         .unwrap();
@@ -159,9 +159,9 @@ fn shape_errors_name_both_shapes() {
         dmae_models::CrossSource::Last,
     );
     let model = DiffMae::new(cfg.clone(), 0, &dev).unwrap();
-    let masking = TokenMask::all_visible(2, cfg.num_patches(), &dev).unwrap();
+    let mask = MaskIndices::all_visible(2, cfg.num_patches(), &dev).unwrap();
     let bad = Tensor::zeros((2, 16, 47), DType::F32, &dev).unwrap();
-    let e = model.encode(&bad, &masking).unwrap_err().to_string();
+    let e = model.encode(&bad, &mask).unwrap_err().to_string();
     assert!(
         e.contains("x0_v") && e.contains("[2, 16, 48]") && e.contains("[2, 16, 47]"),
         "{e}"
@@ -273,9 +273,10 @@ fn video_tubelets_train_and_classify() {
         .unwrap()
         .sample(grid, 2, RngKey::new(0, 0), &dev)
         .unwrap();
-    let masking = TokenMask::from(&mask);
     let (_, x0_m) = mask.split(&patches).unwrap();
-    let pred = model.forward(&patches, &masking, &x0_m, &[3, 900]).unwrap();
+    let pred = model
+        .forward(&mask.split(&patches).unwrap().0, &mask, &x0_m, &[3, 900])
+        .unwrap();
     let loss = X0Loss::inpainting().compute(&pred, &x0_m).unwrap();
     let grads = loss.backward().unwrap();
     for p in model.named_params() {
@@ -329,15 +330,14 @@ fn sharded_decode_equals_the_whole_batch() {
             .unwrap()
             .sample(PatchGrid::new(rows, cols), n, RngKey::new(3, 0), &dev)
             .unwrap();
-        let masking = TokenMask::from(&mask);
         let (x0_v, x0_m) = mask.split(&patches).unwrap();
-        let ctx = model.encode(&x0_v, &masking).unwrap();
+        let ctx = model.encode(&x0_v, &mask).unwrap();
         let x_t = Tensor::randn(0f32, 1., x0_m.dims(), &dev).unwrap();
         let t = [999, 500, 3, 250, 0];
-        let whole = model.denoiser(&ctx, &masking).predict_x0(&x_t, &t).unwrap();
+        let whole = model.denoiser(&ctx, &mask).predict_x0(&x_t, &t).unwrap();
         let shards = dmae_core::DataParallel::new(3, 48).unwrap();
         for c in [ctx.clone(), ctx.without_cache()] {
-            let mut den = model.denoiser(&c, &masking).sharded(&shards);
+            let mut den = model.denoiser(&c, &mask).sharded(&shards);
             let split = den.predict_x0(&x_t, &t).unwrap();
             let err = common::max_abs_diff(&split, &whole);
             assert!(err <= 1e-5, "{kind:?}: {err}");
@@ -345,7 +345,7 @@ fn sharded_decode_equals_the_whole_batch() {
         // A wrong x_t is still reported, not split.
         let bad = Tensor::zeros((n, 3, cfg.patch_dim()), DType::F32, &dev).unwrap();
         assert!(model
-            .denoiser(&ctx, &masking)
+            .denoiser(&ctx, &mask)
             .sharded(&shards)
             .predict_x0(&bad, &t)
             .is_err());

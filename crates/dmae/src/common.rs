@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use dmae_data::{
     bundled_mnist, Channels, Cifar, CifarKind, Dataset, FrameFolder, FrameFolderOptions,
     FrameSampling, ImageFolder, Loader, LoaderConfig, Mnist, MovingMnist, MovingMnistConfig, Split,
 };
+use dmae_models::ModelConfig;
 
 /// A run stopped by Ctrl-C after saving its state: `main` prints the message (not as an
 /// error) and exits with 130, the shell's code for SIGINT, so that `train && finetune` does not
@@ -24,14 +25,136 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// The shuffled training loader of `train` and `finetune` and its batches per epoch. Full
-/// batches only: every step sees the same number of images and the number of batches per epoch
-/// is fixed, so a step's data is a function of its index (what makes `--resume` exact).
-pub fn train_loader(
-    dataset: Arc<dyn Dataset>,
+/// The flags of the training loop, shared by `dmae train` and `dmae finetune` (and keys of
+/// their config tables). Defaults that differ between the commands are `Option`s resolved by
+/// each command (one place each).
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LoopArgs {
+    /// Optimiser steps (default: train 240, finetune 300).
+    #[arg(long, value_name = "N", conflicts_with = "epochs", value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
+    /// Passes over the training data instead of --steps.
+    #[arg(long, value_name = "N", conflicts_with = "steps", value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// Images per micro-batch.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Base learning rate per 256 images: lr = X × batch-size × accum-steps / 256 (MAE's blr;
+    /// default: train 4e-3, finetune 8e-3, linear probe 4e-2).
+    #[arg(long, value_name = "X", value_parser = positive)]
+    pub lr: Option<f64>,
+    /// Linear warm-up steps (default: train 5% of the steps, at most 100; finetune 10%).
+    #[arg(long, value_name = "N")]
+    pub warmup_steps: Option<u64>,
+    /// AdamW weight decay on weight matrices, 0 on norms, biases and tokens (default 0.05; 0
+    /// for the linear probe).
+    #[arg(long, value_name = "X", value_parser = non_negative)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm to X (off by default, as MAE pre-training).
+    #[arg(long, value_name = "X", value_parser = positive)]
+    pub clip_grad: Option<f64>,
+    /// Micro-batches per optimiser step (gradient accumulation).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub accum_steps: u64,
+    /// Keep an exponential moving average of the weights with this decay (ema.safetensors).
+    #[arg(long, value_name = "DECAY", value_parser = unit_open)]
+    pub ema: Option<f64>,
+    /// cpu, cuda or cuda:<index>.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, or bf16 (CUDA only; f32 master weights).
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
+    /// Seed of the initialisation, the data order and every random draw.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads (default: all cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub save_every: u64,
+    /// Read the loss back and log every N steps.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_every: u64,
+    /// Run directory (default runs/<UTC timestamp>).
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out DIR (or the newest under runs/) from its last checkpoint.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+    /// Stop after step N with a checkpoint, as if interrupted; the lr schedule still follows
+    /// --steps, and --resume continues (splits a run across job time limits).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[serde(skip)]
+    pub stop_at: Option<u64>,
+}
+
+impl LoopArgs {
+    /// Optimiser steps: `--steps`, or `--epochs` full passes, or `default`.
+    pub fn total_steps(&self, default: u64, batches_per_epoch: u64) -> u64 {
+        match (self.steps, self.epochs) {
+            (Some(n), _) => n,
+            (None, Some(e)) => (e * batches_per_epoch / self.accum_steps).max(1),
+            (None, None) => default,
+        }
+    }
+
+    /// The compute dtype on `device` (bf16 needs CUDA: the CPU kernels are f32/f64).
+    pub fn compute_dtype(&self, device: &Device) -> Result<DType> {
+        Ok(match (self.dtype.as_str(), device) {
+            ("bf16", Device::Cpu) => bail!(
+                "--dtype bf16: needs a CUDA device (the CPU kernels are f32/f64); use --dtype f32 on the CPU"
+            ),
+            ("bf16", _) => DType::BF16,
+            _ => DType::F32,
+        })
+    }
+}
+
+/// Sets the worker threads of rayon and of candle's CPU pool (both read `RAYON_NUM_THREADS`).
+/// Called before any tensor work; returns the thread count in effect.
+pub fn set_threads(threads: Option<u64>) -> Result<usize> {
+    if let Some(n) = threads {
+        let got = dmae_core::configure_threads(Some(n as usize));
+        if got != n as usize {
+            bail!("--threads {n}: the thread pool was already running with {got} threads");
+        }
+    }
+    Ok(rayon::current_num_threads())
+}
+
+/// The training split of a data SPEC for a model, behind the shuffled loader of `train` and
+/// `finetune`.
+pub struct TrainingData {
+    /// Full batches only: every step sees the same number of images and the number of batches
+    /// per epoch is fixed, so a step's data is a function of its index (what makes `--resume`
+    /// exact).
+    pub loader: Loader,
+    /// Batches per epoch.
+    pub batches_per_epoch: u64,
+}
+
+/// Opens the training split of `spec` for `config` behind a shuffled loader of `batch_size`.
+pub fn open_training(
+    spec: &str,
+    config: &ModelConfig,
     batch_size: u64,
     seed: u64,
-) -> Result<(Loader, u64)> {
+) -> Result<TrainingData> {
+    let spec: DataSpec = spec.parse()?;
+    if config.is_video() && spec == DataSpec::Bundled {
+        bail!(
+            "--data bundled: the model takes clips ({:?}); use --data moving-mnist[:opts] or frames:DIR",
+            config.input_dims()
+        );
+    }
+    let channels =
+        Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
+    let dataset = spec.open(Split::Train, channels, config.num_frames)?;
     let loader = Loader::from_arc(
         dataset,
         LoaderConfig {
@@ -44,14 +167,17 @@ pub fn train_loader(
             ..LoaderConfig::default()
         },
     )?;
-    let bpe = loader.batches_per_epoch() as u64;
-    if bpe == 0 {
+    let batches_per_epoch = loader.batches_per_epoch() as u64;
+    if batches_per_epoch == 0 {
         bail!(
             "--batch-size {batch_size}: larger than the training set ({} samples)",
             loader.dataset().len()
         );
     }
-    Ok((loader, bpe))
+    Ok(TrainingData {
+        loader,
+        batches_per_epoch,
+    })
 }
 
 /// clap value parser: a finite number > 0.

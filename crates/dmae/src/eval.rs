@@ -4,7 +4,7 @@
 //! - `--task classify`: top-1 and top-5 accuracy (`top-k` = min(5, classes)) of a classifier
 //!   checkpoint.
 //! - `--task inpaint`: the first `--limit` validation images are masked (`--mask`, default
-//!   `center:0.25`, random masks drawn per batch from `--seed`) and inpainted ([`crate::sample::inpaint`]);
+//!   `center:0.25`, random masks drawn per batch from `--seed`) and inpainted ([`dmae_models::Inpainting`]);
 //!   on the **masked pixels only** ([`crate::metrics`] has the exact definitions): `psnr`
 //!   (mean over images of per-image PSNR), `ssim` (Gaussian SSIM computed on the whole image,
 //!   averaged over the masked pixels, then over images) and `sharpness_ratio`
@@ -246,7 +246,7 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     let ds = open_val(&args.data.spec, &config)?;
     let n = args.limit.unwrap_or(DEFAULT_INPAINT_LIMIT).min(ds.len());
     ensure!(n > 0, "--limit 0: nothing to evaluate");
-    let (mask_spec, sampler) = args.inpaint.resolve(&config)?;
+    let (mask_spec, inpainting) = args.inpaint.resolve(&config)?;
     let clf = match &args.feature_classifier {
         Some(p) => {
             let c = load_classifier(p, device)?;
@@ -272,9 +272,7 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
             &config,
             device,
         )?;
-        let key = RngKey::new(args.seed, b as u64);
-        let mask = mask_spec.build(&config, labels.len(), key, device)?;
-        let r = sample::inpaint(&model, &x, &mask, &sampler, key, false)?;
+        let r = inpainting.run(&model, &x, RngKey::new(args.seed, b as u64))?;
         let (fake, _, h, w) = frames(&r.sample)?;
         let (real, ..) = frames(&r.input)?;
         let (pm, ..) = frames(&r.pixel_mask)?;
@@ -304,7 +302,7 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     ensure!(scored > 0, "no masked pixels to score");
     out.insert("count".into(), json!(n));
     out.insert("mask".into(), json!(mask_spec.to_string()));
-    out.insert("sampler".into(), json!(sample::describe(&sampler)));
+    out.insert("sampler".into(), json!(sample::describe(&inpainting)));
     out.insert("psnr".into(), json!(psnr_sum / scored as f64));
     out.insert("ssim".into(), json!(ssim_sum / scored as f64));
     out.insert(

@@ -2,30 +2,39 @@
 //! `main_finetune.py` recipe scaled down (average pooling + `fc_norm`, drop path, layer-wise lr
 //! decay, label smoothing, AdamW β 0.9/0.999, warm-up + cosine), or with `--linear-probe` a
 //! linear classifier on frozen features (MAE's `main_linprobe.py`, with AdamW instead of LARS:
-//! only `fc_norm.*` and `head.*` train). Both save a [`Classifier`] checkpoint.
+//! only `fc_norm.*` and `head.*` train). Both run the shared loop of [`crate::trainer`] and save
+//! a [`Classifier`] checkpoint.
 
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use clap::Parser;
-use dmae_core::{AdamW, AdamWConfig, Param};
-use dmae_data::{Channels, Dataset, Loader, LoaderConfig, Split};
+use dmae_core::optim::{Ema, LrSchedule};
+use dmae_core::{AdamWConfig, DataParallel, Param};
+use dmae_data::{Batch, Channels, Loader, LoaderConfig, Split};
 use dmae_models::{Classifier, DiffMae, ModelConfig, Pool};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::common::{
-    non_negative, parse_device, positive, train_loader, unit_closed, unit_half_open, DataSpec,
-    Interrupted,
-};
-use crate::run_dir::{self, MetricsLog, MetricsRow, Progress};
-use crate::schedule::{self, PendingLosses};
-use crate::settings;
+use crate::common::{open_training, parse_device, unit_closed, unit_half_open, DataSpec, LoopArgs};
+use crate::settings::{self, Usage};
+use crate::trainer::{self, Optimizer, Plan, Task};
 
-/// `dmae finetune` flags.
-#[derive(Parser, Debug, Clone)]
+/// Default optimiser steps of `dmae finetune`.
+pub const DEFAULT_STEPS: u64 = 300;
+
+/// `dmae finetune` flags. Every flag but `--config`, `--out`, `--resume` and `--stop-at` can
+/// also come from the `[finetune]` table of `--config` (same names); flags win.
+#[derive(Parser, Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
+    /// TOML file with a `[model]` table (for `--init none`: ModelConfig fields over the preset)
+    /// and a `[finetune]` table (the flags below, same names).
+    #[arg(long, value_name = "FILE.toml")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Pre-trained checkpoint (a `dmae train` checkpoint.safetensors), or `none` to train from
     /// scratch.
     #[arg(long, value_name = "CKPT|none")]
@@ -39,85 +48,21 @@ pub struct Args {
     /// Linear probe: frozen encoder, only fc_norm and head train (no drop path, no layer decay).
     #[arg(long)]
     pub linear_probe: bool,
-    /// Optimiser steps (default 300).
-    #[arg(long, value_name = "N", conflicts_with = "epochs", value_parser = clap::value_parser!(u64).range(1..))]
-    pub steps: Option<u64>,
-    /// Passes over the training data instead of --steps.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub epochs: Option<u64>,
-    /// Images per batch.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    /// Base learning rate per 256 images (default 8e-3 fine-tuning, 4e-2 linear probe).
-    #[arg(long, value_name = "X", value_parser = positive)]
-    pub lr: Option<f64>,
-    /// Layer-wise lr decay (MAE: 0.75 for ViT-B).
+    /// Layer-wise lr decay (MAE: 0.75 for ViT-B; 1 for the linear probe).
     #[arg(long, value_name = "X", default_value_t = 0.75, value_parser = unit_closed)]
     pub layer_decay: f64,
-    /// Stochastic depth rate of the encoder while fine-tuning.
+    /// Stochastic depth rate of the encoder while fine-tuning (0 for the linear probe).
     #[arg(long, value_name = "X", default_value_t = 0.1, value_parser = unit_half_open)]
     pub drop_path: f64,
-    /// AdamW weight decay on weight matrices (default 0.05; 0 for the linear probe).
-    #[arg(long, value_name = "X", value_parser = non_negative)]
-    pub weight_decay: Option<f64>,
-    /// Linear warm-up steps (default: 10% of the steps).
-    #[arg(long, value_name = "N")]
-    pub warmup_steps: Option<u64>,
     /// Label smoothing of the cross-entropy.
     #[arg(long, value_name = "X", default_value_t = 0.1, value_parser = unit_half_open)]
     pub label_smoothing: f64,
-    /// cpu, cuda or cuda:<index>.
-    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
-    pub device: String,
-    /// Seed of the head init, the data order and drop path.
-    #[arg(long, value_name = "S", default_value_t = 0)]
-    pub seed: u64,
-    /// CPU threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub threads: Option<u64>,
-    /// Run directory (default runs/finetune-<UTC timestamp>).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
     /// Evaluate val top-1 every N steps (always at the end).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_every: Option<u64>,
-    /// Read the loss back and log every N steps.
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub log_every: u64,
-}
-
-/// The resolved settings, written as the `[finetune]` table of `config.toml`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct FinetuneSettings {
-    /// Initial checkpoint or `none`.
-    pub init: String,
-    /// Data SPEC.
-    pub data: String,
-    /// Linear probe.
-    pub linear_probe: bool,
-    /// Optimiser steps.
-    pub steps: u64,
-    /// Batch size.
-    pub batch_size: u64,
-    /// Base lr per 256 images.
-    pub base_lr: f64,
-    /// Actual peak lr.
-    pub lr: f64,
-    /// Layer-wise lr decay (1 for the linear probe).
-    pub layer_decay: f64,
-    /// Drop path (0 for the linear probe).
-    pub drop_path: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Warm-up steps.
-    pub warmup_steps: u64,
-    /// Label smoothing.
-    pub label_smoothing: f64,
-    /// Device.
-    pub device: String,
-    /// Seed.
-    pub seed: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: LoopArgs,
 }
 
 /// Cross-entropy with label smoothing, `(1 − ε)·NLL(y) + ε·mean_c(−log p_c)` (MAE's
@@ -146,7 +91,7 @@ pub fn cross_entropy(
 
 /// Logits of `images` for training: the full classifier (with drop path), or for the linear
 /// probe the head over detached encoder features.
-fn logits(
+pub(crate) fn logits(
     c: &Classifier,
     images: &Tensor,
     probe: bool,
@@ -189,16 +134,28 @@ fn evaluate(c: &Classifier, loader: &Loader, device: &Device) -> Result<(f64, f6
     Ok((correct as f64 / total as f64, loss_sum / total as f64))
 }
 
-/// Runs `dmae finetune`.
-pub fn run(args: Args) -> Result<()> {
-    let threads = crate::train::set_threads(args.threads)?;
-    let device = parse_device(&args.device)?;
+/// Runs `dmae finetune`; `argv` is the command line after `finetune` (for `--config` and
+/// `--resume`, whose tables go in front of it).
+pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
+    let config_path = args.config.clone();
+    let run = args.run.clone();
+    let trainer::RunSetup {
+        dir,
+        resuming,
+        file,
+        mut args,
+    } = trainer::setup("finetune", args, config_path.as_deref(), &run, argv)?;
+    let threads = crate::common::set_threads(args.run.threads)?;
+    let device = parse_device(&args.run.device)?;
     let probe = args.linear_probe;
-    let spec: DataSpec = args.data.parse()?;
 
-    // The encoder: from a pre-training checkpoint, or fresh.
+    // The encoder: from a pre-training checkpoint, or fresh from the preset and [model].
     let (config, pretrained) = if args.init == "none" {
-        let c = ModelConfig::preset(&args.model).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+        let preset =
+            ModelConfig::preset(&args.model).map_err(|e| Usage(format!("--model: {e}")))?;
+        let c = file.model(preset)?;
+        c.validate()
+            .map_err(|e| Usage(format!("--model {}: {e}", args.model)))?;
         (c, None)
     } else {
         let m = DiffMae::load(&args.init, &device).map_err(|e| {
@@ -206,31 +163,183 @@ pub fn run(args: Args) -> Result<()> {
         })?;
         (m.config().clone(), Some(m))
     };
-    let channels = if config.in_channels == 1 {
-        Channels::Gray
-    } else {
-        Channels::Rgb
-    };
-    let train_set = spec.open(Split::Train, channels, config.num_frames)?;
-    let val_set = spec.open(Split::Val, channels, config.num_frames)?;
-    let num_classes = train_set.num_classes();
+    let data = open_training(&args.data, &config, args.run.batch_size, args.run.seed)?;
+    let val = open_val(&args.data, &config)?;
+    let num_classes = data.loader.dataset().num_classes();
     if num_classes == 0 {
         bail!("--data {}: the dataset has no classes", args.data);
     }
-    let drop_path = if probe { 0.0 } else { args.drop_path };
+    if probe {
+        (args.drop_path, args.layer_decay) = (0.0, 1.0);
+    }
     let classifier = match &pretrained {
-        Some(m) => Classifier::from_pretrained(m, num_classes, Pool::Avg, drop_path, args.seed)?,
+        Some(m) => {
+            Classifier::from_pretrained(m, num_classes, Pool::Avg, args.drop_path, args.run.seed)?
+        }
         None => {
             let mut c = config.clone();
-            c.encoder.drop_path = drop_path;
-            Classifier::new(c, num_classes, Pool::Avg, args.seed, &device)?
+            c.encoder.drop_path = args.drop_path;
+            Classifier::new(c, num_classes, Pool::Avg, args.run.seed, &device)?
         }
     };
     drop(pretrained);
+    let total = args.run.total_steps(DEFAULT_STEPS, data.batches_per_epoch);
+    let warmup = args.run.warmup_steps.unwrap_or((total / 10).max(1));
+    // MAE fine-tunes with blr 5e-4..1e-3 at batch 1024, i.e. an actual lr of 2e-3..4e-3. The
+    // linear rule at our batch of 64 would divide that by 16, too slow for a few hundred steps
+    // (measured: loss still 2.30 after 60 steps at lr 2.5e-4); blr 8e-3 keeps MAE's actual lr,
+    // 2e-3 at batch 64. The probe trains a fresh linear layer only: MAE uses blr 0.1 with LARS;
+    // with AdamW 4e-2 (lr 1e-2 at batch 64) is the comparable step.
+    let base_lr = *args.run.lr.get_or_insert(if probe { 4e-2 } else { 8e-3 });
+    let weight_decay = *args
+        .run
+        .weight_decay
+        .get_or_insert(if probe { 0.0 } else { 0.05 });
+    (args.run.steps, args.run.epochs, args.run.warmup_steps) = (Some(total), None, Some(warmup));
+    let accum = args.run.accum_steps;
+    let lr = LrSchedule::new(
+        base_lr,
+        args.run.batch_size as usize,
+        accum as usize,
+        warmup,
+        total,
+    );
+    let (params, names): (Vec<Param>, Vec<String>) = classifier
+        .param_groups(weight_decay, args.layer_decay)
+        .into_iter()
+        .zip(classifier.named_params())
+        .filter(|(_, n)| !probe || n.name.starts_with("fc_norm.") || n.name.starts_with("head."))
+        .map(|(p, n)| (p, n.name.clone()))
+        .unzip();
+    let mut opt = Optimizer::new(
+        params,
+        names,
+        AdamWConfig {
+            lr: lr.peak,
+            // MAE's fine-tuning keeps PyTorch's default betas (0.9, 0.999).
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        },
+    )?;
+    if args.run.compute_dtype(&device)? != DType::F32 {
+        bail!(Usage(
+            "--dtype: finetune computes in f32 (use --dtype f32)".into()
+        ));
+    }
+    let ema = match args.run.ema {
+        Some(decay) => {
+            let copy = Classifier::new(
+                classifier.config().clone(),
+                num_classes,
+                Pool::Avg,
+                args.run.seed,
+                &device,
+            )?;
+            for (d, s) in copy.named_params().iter().zip(classifier.named_params()) {
+                d.var.set(s.var.as_tensor())?;
+            }
+            let vars = copy.named_params().iter().map(|p| p.var.clone()).collect();
+            opt.ema = Some((Ema::new(decay, vars)?, classifier.named_params().to_vec()));
+            Some(copy)
+        }
+        None => None,
+    };
+    let start = if resuming {
+        let meta = trainer::load_state(&dir.join(trainer::STATE_FILE), &mut opt)?;
+        if meta.seed != args.run.seed {
+            bail!(Usage(format!(
+                "--seed {}: the run in {} used seed {}",
+                args.run.seed,
+                dir.display(),
+                meta.seed
+            )));
+        }
+        crate::run_dir::truncate_metrics(&dir, meta.step)?;
+        meta.step
+    } else {
+        0
+    };
+    if start >= total {
+        bail!(Usage(format!(
+            "--steps {total}: the run in {} has done {start} steps already",
+            dir.display()
+        )));
+    }
+    settings::write_resolved(
+        &dir.join("config.toml"),
+        classifier.config(),
+        "finetune",
+        &args,
+    )?;
+    println!(
+        "{} from {} ({} trainable tensors, {} classes) on {} images, {total} steps of {}, lr {:.2e}{} -> {}",
+        if probe { "linear probe" } else { "fine-tuning" },
+        args.init,
+        opt.params.len(),
+        num_classes,
+        data.loader.dataset().len(),
+        args.run.batch_size,
+        lr.peak,
+        if start > 0 { format!(", resuming from step {start}") } else { String::new() },
+        dir.display()
+    );
+    let plan = Plan {
+        lr,
+        accum,
+        clip_grad: args.run.clip_grad,
+        log_every: args.run.log_every,
+        save_every: args.run.save_every,
+        eval_every: args.eval_every,
+        sample_every: 0,
+        stop_at: args.run.stop_at.unwrap_or(total).min(total),
+        batch_size: args.run.batch_size,
+        seed: args.run.seed,
+        resume_hint: format!("dmae finetune --resume --out {}", dir.display()),
+    };
+    let mut task = Finetune {
+        vars: opt.params.iter().map(|p| p.var.clone()).collect(),
+        shards: DataParallel::for_device(&device, threads, args.run.batch_size as usize)?,
+        classifier,
+        ema,
+        val,
+        probe,
+        smoothing: args.label_smoothing,
+        seed: args.run.seed,
+        accum,
+        device,
+    };
+    let step = trainer::run(&mut task, &mut opt, &plan, &data.loader, &dir, start)?;
+    let ckpt = dir.join("classifier.safetensors");
+    if step < total {
+        println!(
+            "stopped at step {step}/{total} (--stop-at); classifier {}; continue with: {}",
+            ckpt.display(),
+            plan.resume_hint
+        );
+        return Ok(());
+    }
+    let last = crate::run_dir::MetricsLog::read(&dir)?
+        .into_iter()
+        .rev()
+        .find_map(|r| r.val_top1);
+    println!(
+        "done: {step} steps; val top-1 {}; classifier {}",
+        last.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
+        ckpt.display()
+    );
+    Ok(())
+}
 
-    let (loader, bpe) = train_loader(train_set, args.batch_size, args.seed)?;
-    let val_loader = Loader::from_arc(
-        val_set,
+/// The validation split behind a fixed-order loader (full last batch kept).
+fn open_val(spec: &str, config: &ModelConfig) -> Result<Loader> {
+    let spec: DataSpec = spec.parse()?;
+    let channels =
+        Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
+    let val = spec.open(Split::Val, channels, config.num_frames)?;
+    Ok(Loader::from_arc(
+        val,
         LoaderConfig {
             batch_size: 250,
             shuffle: false,
@@ -239,104 +348,33 @@ pub fn run(args: Args) -> Result<()> {
             prefetch: 1,
             ..LoaderConfig::default()
         },
-    )?;
-    let total = match (args.steps, args.epochs) {
-        (Some(n), _) => n,
-        (None, Some(e)) => e * bpe,
-        (None, None) => 300,
-    };
-    let warmup = args.warmup_steps.unwrap_or((total / 10).max(1));
-    // MAE fine-tunes with blr 5e-4..1e-3 at batch 1024, i.e. an actual lr of 2e-3..4e-3. The
-    // linear rule at our batch of 64 would divide that by 16, too slow for a few hundred steps
-    // (measured: loss still 2.30 after 60 steps at lr 2.5e-4); blr 8e-3 keeps MAE's actual lr,
-    // 2e-3 at batch 64. The probe trains a fresh linear layer only: MAE uses blr 0.1 with LARS;
-    // with AdamW 4e-2 (lr 1e-2 at batch 64) is the comparable step.
-    let base_lr = args.lr.unwrap_or(if probe { 4e-2 } else { 8e-3 });
-    let weight_decay = args.weight_decay.unwrap_or(if probe { 0.0 } else { 0.05 });
-    let layer_decay = if probe { 1.0 } else { args.layer_decay };
-    let peak_lr = schedule::scaled_lr(base_lr, args.batch_size as usize, 1);
-    let params: Vec<Param> = classifier
-        .param_groups(weight_decay, layer_decay)
-        .into_iter()
-        .zip(classifier.named_params())
-        .filter(|(_, n)| !probe || n.name.starts_with("fc_norm.") || n.name.starts_with("head."))
-        .map(|(p, _)| p)
-        .collect();
-    let vars: Vec<Var> = params.iter().map(|p| p.var.clone()).collect();
-    let mut opt = AdamW::new(
-        params,
-        AdamWConfig {
-            lr: peak_lr,
-            // MAE's fine-tuning keeps PyTorch's default betas (0.9, 0.999).
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay,
-        },
-    )?;
+    )?)
+}
 
-    let dir = run_dir::fresh_dir(args.out.as_deref(), "finetune-")?;
-    let s = FinetuneSettings {
-        init: args.init.clone(),
-        data: args.data.clone(),
-        linear_probe: probe,
-        steps: total,
-        batch_size: args.batch_size,
-        base_lr,
-        lr: peak_lr,
-        layer_decay,
-        drop_path,
-        weight_decay,
-        warmup_steps: warmup,
-        label_smoothing: args.label_smoothing,
-        device: args.device.clone(),
-        seed: args.seed,
-    };
-    settings::write_resolved(
-        &dir.join("config.toml"),
-        classifier.config(),
-        "finetune",
-        &s,
-    )?;
-    let ckpt = dir.join("classifier.safetensors");
-    println!(
-        "{} from {} ({} trainable tensors, {} classes) on {} images, {total} steps of {}, lr {peak_lr:.2e} -> {}",
-        if probe { "linear probe" } else { "fine-tuning" },
-        args.init,
-        vars.len(),
-        num_classes,
-        loader.dataset().len(),
-        args.batch_size,
-        dir.display()
-    );
+/// Classification fine-tuning (or probing) as the loop's [`Task`].
+struct Finetune {
+    classifier: Classifier,
+    ema: Option<Classifier>,
+    vars: Vec<Var>,
+    shards: DataParallel,
+    val: Loader,
+    probe: bool,
+    smoothing: f64,
+    seed: u64,
+    accum: u64,
+    device: Device,
+}
 
-    // On the CPU each batch is split over thread groups (dmae_core::DataParallel).
-    let shards = dmae_core::DataParallel::for_device(&device, threads, args.batch_size as usize)?;
-    let interrupted = crate::train::interrupt_flag();
-    let mut metrics = MetricsLog::open(&dir)?;
-    let progress = Progress::new(0, total);
-    let mut pending = PendingLosses::default();
-    let mut epoch = 0u64;
-    let mut iter = loader.epoch(0);
-    let mut last_log = (std::time::Instant::now(), 0u64);
-    let mut step = 0u64;
-    while step < total {
-        let lr = schedule::lr_at(step, total, warmup, peak_lr);
-        opt.set_learning_rate(lr);
-        let batch = match iter.next() {
-            Some(b) => b?,
-            None => {
-                epoch += 1;
-                iter = loader.epoch(epoch);
-                iter.next().context("data: an epoch has no batch")??
-            }
-        };
-        let images = batch.images.to_device(&device)?;
-        let labels = batch.labels.to_device(&device)?;
+impl Task for Finetune {
+    fn backward(&mut self, batch: &Batch, micro: u64) -> Result<(Tensor, GradStore)> {
+        let images = batch.images.to_device(&self.device)?;
+        let labels = batch.labels.to_device(&self.device)?;
         // Drop path draws from (seed, step): reproducible, different every step.
-        let dp_seed = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step;
+        let step = micro / self.accum;
+        let dp_seed =
+            self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step ^ (micro % self.accum) << 48;
         let n = images.dim(0)?;
-        let (loss, grads) = shards.backward(n, &vars, |r| {
+        Ok(self.shards.backward(n, &self.vars, |r| {
             // Each shard draws its own drop-path masks (keyed by its first sample): the same
             // --threads and --batch-size reproduce a run.
             let seed = dp_seed ^ (r.start as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -344,72 +382,29 @@ pub fn run(args: Args) -> Result<()> {
                 images.narrow(0, r.start, r.len())?,
                 labels.narrow(0, r.start, r.len())?,
             );
-            let out = logits(&classifier, &images, probe, Some(seed))
+            let out = logits(&self.classifier, &images, self.probe, Some(seed))
                 .map_err(candle_core::Error::wrap)?;
-            cross_entropy(&out, &labels, args.label_smoothing)
-        })?;
-        opt.step(&grads)?;
-        step += 1;
-        pending.push(step, loss);
-        progress.set_step(step);
-        let stop = interrupted.load(Ordering::SeqCst);
-        let eval_now =
-            step == total || stop || args.eval_every.is_some_and(|k| step.is_multiple_of(k));
-        if step.is_multiple_of(args.log_every) || eval_now {
-            if let Some(at) = pending.sync()? {
-                progress.finish();
-                bail!("non-finite loss at step {at}; nothing was saved");
-            }
-            let now = std::time::Instant::now();
-            let secs = now.duration_since(last_log.0).as_secs_f64().max(1e-9);
-            let mut row = MetricsRow {
-                step,
-                epoch,
-                loss: pending.take_mean(),
-                lr: Some(lr),
-                img_per_s: Some(((step - last_log.1) * args.batch_size) as f64 / secs),
-                elapsed_s: progress.elapsed(),
-                ..MetricsRow::default()
-            };
-            if eval_now {
-                let (top1, vloss) = evaluate(&classifier, &val_loader, &device)?;
-                row.val_top1 = Some(top1);
-                row.val_loss = Some(vloss);
-            }
-            last_log = (std::time::Instant::now(), step);
-            metrics.write(&row)?;
-            progress.log(&row);
-        }
-        if stop && step < total {
-            classifier.save(&ckpt)?;
-            run_dir::plot_loss(&dir)?;
-            progress.finish();
-            return Err(Interrupted(format!(
-                "interrupted at step {step}/{total}; classifier saved to {}",
-                ckpt.display()
-            ))
-            .into());
-        }
+            cross_entropy(&out, &labels, self.smoothing)
+        })?)
     }
-    progress.finish();
-    classifier.save(&ckpt)?;
-    run_dir::plot_loss(&dir)?;
-    let last = MetricsLog::read(&dir)?
-        .into_iter()
-        .rev()
-        .find_map(|r| r.val_top1);
-    println!(
-        "done: {total} steps in {:.0}s; val top-1 {:.2}%; classifier {}",
-        progress.elapsed(),
-        last.unwrap_or(f64::NAN) * 100.0,
-        ckpt.display()
-    );
-    Ok(())
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        self.classifier.save(dir.join("classifier.safetensors"))?;
+        if let Some(e) = &self.ema {
+            e.save(dir.join("ema-classifier.safetensors"))?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<Option<(f64, f64)>> {
+        evaluate(&self.classifier, &self.val, &self.device).map(Some)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dmae_core::AdamW;
 
     #[test]
     fn cross_entropy_matches_the_closed_form_and_has_gradients() {

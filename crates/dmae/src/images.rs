@@ -13,6 +13,8 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use dmae_data::Channels;
+use dmae_models::ModelConfig;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::imageops::FilterType;
 use image::{Delay, DynamicImage, Frame, Rgb, RgbImage};
@@ -30,36 +32,17 @@ pub fn display_scale(height: usize, width: usize) -> u32 {
     (64usize.div_ceil(side)).clamp(1, 8) as u32
 }
 
-/// Reads an image file (PNG, JPEG, GIF, BMP; format from the content), converts it to
-/// `channels` (1 = luma, 3 = RGB) and fits it to `height x width` by resizing the shorter side
-/// and center-cropping the rest (`resize_to_fill`, Catmull-Rom). Returns `(C, H, W)` f32 in
-/// [0, 1]. Errors name the file.
-pub fn load_image(
-    path: &Path,
-    channels: usize,
-    height: usize,
-    width: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .decode()
-        .with_context(|| format!("{} is not a readable image", path.display()))?;
-    let (w, h) = (width as u32, height as u32);
-    let img = if (img.width(), img.height()) == (w, h) {
-        img
-    } else {
-        img.resize_to_fill(w, h, FilterType::CatmullRom)
-    };
-    let Some(data) = planes(&img, channels) else {
-        bail!(
-            "{}: the checkpoint expects {channels} channels; only 1 (grey) or 3 (RGB) can be read from image files",
-            path.display()
-        )
-    };
-    Ok(Tensor::from_vec(data, (channels, height, width), device)?)
+/// Reads an image file for `config`: decoded by dmae-data (format from the content, truncated
+/// JPEGs refused, errors name the file) into the checkpoint's channels (1 = luma, 3 = RGB),
+/// then fitted to its size ([`fit_image`]). Returns `(C, H, W)` f32 in [0, 1].
+pub fn load_image(path: &Path, config: &ModelConfig, device: &Device) -> Result<Tensor> {
+    let c = config.in_channels;
+    let channels =
+        Channels::from_count(c).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let planes = dmae_data::decode::read_image(path, channels)?;
+    let image = Tensor::from_vec(planes.data, (c, planes.height, planes.width), device)?;
+    let [h, w] = config.image_size;
+    fit_image(&image, c, h, w)
 }
 
 /// The pixels of `img` as `channels` planes in [0, 1] (1: Rec. 709 luma, 3: R, G, B), or
@@ -81,9 +64,9 @@ fn planes(img: &DynamicImage, channels: usize) -> Option<Vec<f32>> {
     }
 }
 
-/// Fits one `(C, H, W)` image in [0, 1] (C = 1 or 3) to `channels x height x width` the way
-/// [`load_image`] fits files (8-bit round trip, shorter side resized, center crop; grey
-/// replicated to RGB, RGB to Rec. 709 luma). Returns the input unchanged when it already fits.
+/// Fits one `(C, H, W)` image in [0, 1] (C = 1 or 3) to `channels x height x width` (8-bit
+/// round trip, shorter side resized, center crop; grey replicated to RGB, RGB to Rec. 709
+/// luma). Returns the input unchanged when it already fits.
 pub fn fit_image(image: &Tensor, channels: usize, height: usize, width: usize) -> Result<Tensor> {
     let (c, h, w) = image.dims3().context("fit_image: expected (C, H, W)")?;
     if (c, h, w) == (channels, height, width) {

@@ -1,7 +1,8 @@
 //! `dmae`: the DiffMAE command-line tool (train, finetune, eval, sample).
 //!
 //! Exit codes: 0 success, 1 runtime error (one `error: ...` line on stderr), 2 usage error
-//! (clap), 130 stopped by Ctrl-C after saving a checkpoint.
+//! (clap, or a value typed on the command line or in a config file that cannot be used), 130
+//! stopped by Ctrl-C after saving a checkpoint.
 
 use std::process::ExitCode;
 
@@ -15,9 +16,9 @@ mod import_hf;
 mod metrics;
 mod run_dir;
 mod sample;
-mod schedule;
 mod settings;
 mod train;
+mod trainer;
 
 #[derive(Parser)]
 #[command(
@@ -45,15 +46,18 @@ enum Command {
     ImportHf(import_hf::Args),
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, argv: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    // The subcommand's own arguments (there are no global flags before it): train and
+    // finetune parse them again behind a config file's table.
+    let sub = argv.get(2..).unwrap_or_default();
     match cli.command {
-        Some(Command::Train(args)) => train::run(args),
-        Some(Command::Finetune(args)) => finetune::run(args),
+        Some(Command::Train(args)) => train::run(args, sub),
+        Some(Command::Finetune(args)) => finetune::run(args, sub),
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::ImportHf(args)) => import_hf::run(args),
         // `dmae` alone trains with the defaults, as `dmae train`.
-        None => train::run(train::Args::default()),
+        None => train::run(train::Args::parse_from(["train"]), &[]),
     }
 }
 
@@ -62,8 +66,9 @@ fn main() -> ExitCode {
     // and the allocator must be set before the first tensor op: see dmae_core::threads.
     // `--threads N` sizes rayon later, still before any op.
     dmae_core::configure_threads(None);
-    let cli = Cli::parse();
-    match run(cli) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&argv);
+    match run(cli, &argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(i) = e.downcast_ref::<common::Interrupted>() {
@@ -78,7 +83,9 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(" ");
             eprintln!("error: {msg}");
-            ExitCode::from(1)
+            // A value the user typed that cannot be used is a usage error, as clap's are.
+            let usage = e.chain().any(|c| c.is::<settings::Usage>());
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

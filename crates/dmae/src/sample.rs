@@ -1,28 +1,17 @@
-//! `dmae sample`: inpainting with a DiffMAE (or MAE) checkpoint, written as pictures.
-//!
-//! The pipeline ([`inpaint`]) is the paper's: patchify, split by the mask, run the encoder
-//! **once** on the visible patches, then let the sampler start the masked patches from
-//! `x_{T−1} ~ N(0, I)` and call the decoder at every visited timestep; the visible patches are
-//! never noised and are pasted back unchanged. Every `x̂_0` prediction is clamped to [0, 1]
-//! (the data range). The noise schedule is the one the models are trained with
-//! (`Pretraining::for_config`: linear β, `T = 1000`).
-//!
-//! Checkpoints trained with `norm_pix_loss` predict per-patch normalised pixels. They are
-//! shown, as in MAE's demo, by de-normalising each predicted patch with the mean and variance
-//! of the **ground-truth** patch it replaces; this leaks two numbers per masked patch, is meant
-//! for display only, and `dmae eval` says so when it scores such a checkpoint.
+//! `dmae sample`: inpainting with a DiffMAE (or MAE) checkpoint, written as pictures. The
+//! inpainting itself is one library call, [`dmae_models::Inpainting`]: the encoder once on the
+//! visible patches, the sampler over the masked ones with the model's own noise schedule, the
+//! visible patches pasted back unchanged. This module parses `--mask` and `--sampler`, reads
+//! the inputs and writes the pictures.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use dmae_data::{Channels, Split};
-use dmae_diffusion::{
-    Denoiser, MaskIndices, MaskStrategy, NoiseSchedule, PatchGrid, PatchMask, ResizeRule, RngKey,
-    Sampler, SamplerKind, VideoGrid, VideoMaskStrategy,
-};
-use dmae_models::{DiffMae, MaskedInput, ModelConfig, TokenMask};
+use dmae_diffusion::{MaskStrategy, PatchGrid, PatchMask, ResizeRule, RngKey, SamplerKind};
+use dmae_models::{DiffMae, Inpainted, Inpainting, Masking, ModelConfig};
 
 use crate::common::{parse_device, DataSpec};
 use crate::images;
@@ -130,65 +119,33 @@ impl MaskSpec {
         }
     }
 
-    /// Draws the masks of `n` samples for `config` (random masks from `key`, per sample).
-    /// Errors when the mask does not fit the checkpoint or hides nothing.
-    pub fn build(
-        &self,
-        config: &ModelConfig,
-        n: usize,
-        key: RngKey,
-        device: &Device,
-    ) -> Result<MaskIndices> {
+    /// The library mask this spec means for `config`. Errors when the mask does not fit the
+    /// checkpoint or hides nothing.
+    pub fn masking(&self, config: &ModelConfig) -> Result<Masking> {
         let (rows, cols) = config.grid();
-        let grid = PatchGrid::new(rows, cols);
-        let image_strategy = |spec: &MaskSpec| -> Result<MaskStrategy> {
-            Ok(match spec {
-                MaskSpec::Center(r) => MaskStrategy::center_block(*r)?,
-                MaskSpec::Random(r) => MaskStrategy::random(*r)?,
-                MaskSpec::Block(r) => MaskStrategy::block_wise(*r)?,
-                MaskSpec::File(p) => MaskStrategy::Fixed(mask_file(p, config, grid)?),
-                _ => bail!("--mask {self}: needs a video checkpoint (this one takes images)"),
-            })
-        };
-        let m = if config.is_video() {
-            let tp = config.time_steps();
-            let vgrid = VideoGrid::new(tp, rows, cols);
-            let to_positions = |k: usize| -> Result<usize> {
-                ensure!(
-                    k.is_multiple_of(config.tubelet) && k < config.num_frames,
-                    "--mask {self}: K must be a multiple of the tubelet ({}) and fewer than the \
-                     {} frames",
-                    config.tubelet,
-                    config.num_frames
-                );
-                Ok(k / config.tubelet)
-            };
-            match self {
-                MaskSpec::Tube(r) => VideoMaskStrategy::tube(*r)?.sample(vgrid, n, key, device)?,
-                MaskSpec::Random(r) => {
-                    VideoMaskStrategy::random_space_time(*r)?.sample(vgrid, n, key, device)?
-                }
-                MaskSpec::Future(k) => VideoMaskStrategy::FutureFrames {
-                    visible: tp - to_positions(*k)?,
-                }
-                .sample(vgrid, n, key, device)?,
-                MaskSpec::Middle(k) => {
-                    let k = to_positions(*k)?;
-                    let start = (tp - k) / 2;
-                    let hw = rows * cols;
-                    let one: Vec<bool> = (0..vgrid.len())
-                        .map(|j| (start..start + k).contains(&(j / hw)))
-                        .collect();
-                    MaskIndices::from_masks(vec![one; n], device)?
-                }
-                spec => {
-                    VideoMaskStrategy::Tube(image_strategy(spec)?).sample(vgrid, n, key, device)?
-                }
+        let image = |strategy: MaskStrategy| Masking::spatial(config, strategy);
+        let m = match self {
+            MaskSpec::Center(r) => image(MaskStrategy::center_block(*r)?),
+            MaskSpec::Random(r) if config.is_video() => {
+                Masking::Video(dmae_diffusion::VideoMaskStrategy::random_space_time(*r)?)
             }
-        } else {
-            image_strategy(self)?.sample(grid, n, key, device)?
+            MaskSpec::Random(r) => image(MaskStrategy::random(*r)?),
+            MaskSpec::Block(r) => image(MaskStrategy::block_wise(*r)?),
+            MaskSpec::File(p) => image(MaskStrategy::Fixed(mask_file(
+                p,
+                config,
+                PatchGrid::new(rows, cols),
+            )?)),
+            MaskSpec::Tube(r) if config.is_video() => Masking::random(config, *r)?,
+            MaskSpec::Future(k) => Masking::future_frames(config, *k)
+                .map_err(|e| anyhow::anyhow!("--mask {self}: {e}"))?,
+            MaskSpec::Middle(k) => Masking::middle_frames(config, *k)
+                .map_err(|e| anyhow::anyhow!("--mask {self}: {e}"))?,
+            MaskSpec::Tube(_) => {
+                bail!("--mask {self}: needs a video checkpoint (this one takes images)")
+            }
         };
-        ensure!(m.num_masked() > 0, "--mask {self} hides no patch");
+        ensure!(m.num_masked(config)? > 0, "--mask {self} hides no patch");
         Ok(m)
     }
 }
@@ -222,137 +179,25 @@ pub enum SamplerArg {
     Mae,
 }
 
-/// The sampler for `config`: MAE checkpoints (mask-token decoder) always use the single-call
-/// MAE sampler; DiffMAE checkpoints use `arg` (default DDIM).
-pub fn build_sampler(
-    config: &ModelConfig,
-    arg: Option<SamplerArg>,
-    steps: usize,
-    eta: f64,
-) -> Result<Sampler> {
-    let schedule = NoiseSchedule::linear(1000)?;
-    let mae_model = config.decoder.masked_input == MaskedInput::MaskToken;
-    let kind = match (arg, mae_model) {
-        (Some(a), true) if a != SamplerArg::Mae => bail!(
-            "--sampler {}: this is an MAE checkpoint (mask-token decoder): it inpaints in one \
-             decoder call, use --sampler mae or leave --sampler out",
-            format!("{a:?}").to_lowercase()
-        ),
-        (_, true) | (Some(SamplerArg::Mae), _) => SamplerKind::Mae,
-        (Some(SamplerArg::Ddpm), _) => SamplerKind::Ddpm,
-        (Some(SamplerArg::Ddim) | None, _) => SamplerKind::Ddim { steps, eta },
-    };
-    Sampler::new(schedule, kind)
-        .with_context(|| format!("sampler {kind:?}"))?
-        .with_clip_x0(Some((0.0, 1.0)))
-        .map_err(Into::into)
+impl SamplerArg {
+    /// The sampler kind: DDIM with `steps` and `eta`, DDPM, or one MAE call.
+    pub fn kind(self, steps: usize, eta: f64) -> SamplerKind {
+        match self {
+            SamplerArg::Ddim => SamplerKind::Ddim { steps, eta },
+            SamplerArg::Ddpm => SamplerKind::Ddpm,
+            SamplerArg::Mae => SamplerKind::Mae,
+        }
+    }
 }
 
 /// A short description of a sampler, e.g. `ddim 50 steps (eta 0)`.
-pub fn describe(sampler: &Sampler) -> String {
+pub fn describe(inpainting: &Inpainting) -> String {
+    let sampler = inpainting.sampler();
     match sampler.kind() {
         SamplerKind::Ddpm => format!("ddpm {} steps", sampler.timesteps().len()),
         SamplerKind::Ddim { steps, eta } => format!("ddim {steps} steps (eta {eta})"),
         SamplerKind::Mae => "mae (one decoder call at t = T-1)".into(),
     }
-}
-
-/// The result of inpainting a batch; every image tensor is `(N, C, H, W)` (clips
-/// `(N, C, T, H, W)`) with values in [0, 1].
-#[derive(Clone, Debug)]
-pub struct Inpainted {
-    /// The ground truth.
-    pub input: Tensor,
-    /// The ground truth with the masked pixels grey ([`images::MASK_GREY`]).
-    pub masked_input: Tensor,
-    /// Visible pixels of the input and generated masked pixels.
-    pub sample: Tensor,
-    /// 1 at masked pixels, 0 elsewhere (every channel).
-    pub pixel_mask: Tensor,
-    /// With a trajectory: `(t, x̂_0 at t pasted into the visible pixels)` for every visited
-    /// timestep from `T − 1` (the MAE-like first step) to the last.
-    pub trajectory: Vec<(usize, Tensor)>,
-}
-
-/// Patches `(N, L, P)` back to images or clips of `config`.
-pub fn unpatch(config: &ModelConfig, patches: &Tensor) -> Result<Tensor> {
-    let [h, w] = config.image_size;
-    let c = config.in_channels;
-    Ok(if config.is_video() {
-        dmae_core::unpatchify_video(
-            patches,
-            config.tubelet,
-            config.patch_size,
-            (c, config.num_frames, h, w),
-        )?
-    } else {
-        dmae_core::unpatchify(patches, config.patch_size, (c, h, w))?
-    })
-}
-
-/// Inpaints `images` (`(N, C, H, W)` or clips, in [0, 1]) where `mask` hides patches: encoder
-/// once on the visible patches, `sampler` over the masked ones (started from noise drawn from
-/// `key`), visible patches pasted back. `trajectory` records every `x̂_0`.
-pub fn inpaint(
-    model: &DiffMae,
-    images: &Tensor,
-    mask: &MaskIndices,
-    sampler: &Sampler,
-    key: RngKey,
-    trajectory: bool,
-) -> Result<Inpainted> {
-    let config = model.config();
-    let n = images.dims().first().copied().unwrap_or(0);
-    let mut want = vec![n];
-    want.extend(config.input_dims());
-    ensure!(
-        images.dims() == want.as_slice(),
-        "inpaint: images are {:?}, the checkpoint takes {want:?}",
-        images.dims()
-    );
-    let patches = config.patchify(images)?;
-    let (x0_v, x0_m) = mask.split(&patches)?;
-    let masking = TokenMask::from(mask);
-    let ctx = model.encode(&x0_v, &masking)?;
-    let sampler = sampler.clone().with_trajectory(trajectory);
-    let (dev, dtype) = (images.device(), x0_m.dtype());
-    // On the CPU each decode is split over thread groups (dmae_core::DataParallel).
-    let shards = dmae_core::DataParallel::for_device(dev, rayon::current_num_threads(), n)?;
-    let mut den = model.denoiser(&ctx, &masking).sharded(&shards);
-    let out = if config.norm_pix_loss {
-        // Display only: per-patch normalised predictions de-normalised with the true patch's
-        // mean and (unbiased) variance, MAE's eps 1e-6 (module docs).
-        let mean = x0_m.mean_keepdim(D::Minus1)?;
-        let std = (x0_m.var_keepdim(D::Minus1)? + 1e-6)?.sqrt()?;
-        let mut f = |x_t: &Tensor, t: &[usize]| -> dmae_diffusion::Result<Tensor> {
-            let p = den.predict_x0(x_t, t)?;
-            Ok(p.broadcast_mul(&std)?.broadcast_add(&mean)?)
-        };
-        sampler.sample(&mut f, x0_m.dims(), dtype, dev, key)?
-    } else {
-        sampler.sample(&mut den, x0_m.dims(), dtype, dev, key)?
-    };
-    let paste = |x0: &Tensor| -> Result<Tensor> {
-        Ok(unpatch(config, &mask.merge(&x0_v, x0)?)?.clamp(0f32, 1f32)?)
-    };
-    let pixel_mask = {
-        let m = mask.mask_tensor(dtype)?.unsqueeze(2)?;
-        let m = m.broadcast_as(patches.dims())?.contiguous()?;
-        unpatch(config, &m)?
-    };
-    let trajectory = out
-        .trajectory
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| Ok((s.t, paste(&s.x0_pred)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Inpainted {
-        masked_input: images::grey_out(images, &pixel_mask)?,
-        sample: paste(&out.x0)?,
-        input: images.clone(),
-        pixel_mask,
-        trajectory,
-    })
 }
 
 /// `k` indices evenly spaced over `0..len`, first and last included.
@@ -399,7 +244,6 @@ fn read_inputs(path: &Path, config: &ModelConfig, device: &Device) -> Result<Vec
         ensure!(path.exists(), "--input {}: no such file", path.display());
         vec![path.to_path_buf()]
     };
-    let [h, w] = config.image_size;
     files
         .iter()
         .map(|f| {
@@ -407,10 +251,7 @@ fn read_inputs(path: &Path, config: &ModelConfig, device: &Device) -> Result<Vec
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "input".into());
-            Ok((
-                name,
-                images::load_image(f, config.in_channels, h, w, device)?,
-            ))
+            Ok((name, images::load_image(f, config, device)?))
         })
         .collect()
 }
@@ -469,14 +310,24 @@ pub struct InpaintArgs {
 }
 
 impl InpaintArgs {
-    /// The mask (the model's default when `--mask` is absent) and the sampler for `config`.
-    pub fn resolve(&self, config: &ModelConfig) -> Result<(MaskSpec, Sampler)> {
-        let mask = self
+    /// The mask (the model's default when `--mask` is absent) and the inpainting call for
+    /// `config` (MAE checkpoints take only the one-call MAE sampler).
+    pub fn resolve(&self, config: &ModelConfig) -> Result<(MaskSpec, Inpainting)> {
+        let spec = self
             .mask
             .clone()
             .unwrap_or_else(|| MaskSpec::default_for(config));
-        let sampler = build_sampler(config, self.sampler, self.steps, self.eta)?;
-        Ok((mask, sampler))
+        let kind = match self.sampler {
+            Some(a) if !config.is_diffusion() && a != SamplerArg::Mae => bail!(
+                "--sampler {}: this is an MAE checkpoint (mask-token decoder): it inpaints in one \
+                 decoder call, use --sampler mae or leave --sampler out",
+                format!("{a:?}").to_lowercase()
+            ),
+            Some(a) => a.kind(self.steps, self.eta),
+            None => Inpainting::default_sampler(config, self.steps),
+        };
+        let inpainting = Inpainting::new(config, spec.masking(config)?, kind)?;
+        Ok((spec, inpainting))
     }
 }
 
@@ -520,9 +371,9 @@ pub fn run(args: Args) -> Result<()> {
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     let model = load_model(&args.checkpoint, &device)?;
     let config = model.config().clone();
-    let (mask_spec, sampler) = args.inpaint.resolve(&config)?;
-    // Validate the mask before reading any input.
-    mask_spec.build(&config, 1, RngKey::new(args.seed, 0), &device)?;
+    // The mask is checked against the checkpoint before any input is read.
+    let (mask_spec, inpainting) = args.inpaint.resolve(&config)?;
+    let inpainting = inpainting.with_trajectory(args.trajectory);
     let inputs = match (&args.input, &args.data) {
         (Some(p), _) => read_inputs(p, &config, &device)?,
         (None, Some(spec)) => read_data(spec, args.count, &config, &device)?,
@@ -535,9 +386,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut written = Vec::new();
     for (b, chunk) in inputs.chunks(args.batch_size).enumerate() {
         let batch = Tensor::stack(&chunk.iter().map(|(_, t)| t).collect::<Vec<_>>(), 0)?;
-        let key = RngKey::new(args.seed, b as u64);
-        let mask = mask_spec.build(&config, chunk.len(), key, &device)?;
-        let r = inpaint(&model, &batch, &mask, &sampler, key, args.trajectory)?;
+        let r = inpainting.run(&model, &batch, RngKey::new(args.seed, b as u64))?;
         for (i, (name, _)) in chunk.iter().enumerate() {
             written.extend(write_one(&args.out, name, &r, i, config.is_video())?);
         }
@@ -547,11 +396,11 @@ pub fn run(args: Args) -> Result<()> {
         "sampled {} input(s) in {secs:.1} s ({:.2} s each): {}, mask {mask_spec}, seed {}",
         inputs.len(),
         secs / inputs.len() as f64,
-        describe(&sampler),
+        describe(&inpainting),
         args.seed
     );
     if args.trajectory {
-        let ts: Vec<usize> = sampler.timesteps().to_vec();
+        let ts = inpainting.sampler().timesteps();
         let cols: Vec<usize> = spaced(ts.len(), TRAJECTORY_COLUMNS)
             .into_iter()
             .map(|i| ts[i])
@@ -575,7 +424,8 @@ pub fn run(args: Args) -> Result<()> {
 /// Writes the pictures of sample `i` of a batch; returns the paths written.
 fn write_one(out: &Path, name: &str, r: &Inpainted, i: usize, video: bool) -> Result<Vec<PathBuf>> {
     let one = |t: &Tensor| -> Result<Tensor> { Ok(t.get(i)?.unsqueeze(0)?) };
-    let (masked, sample, truth) = (one(&r.masked_input)?, one(&r.sample)?, one(&r.input)?);
+    let masked_input = images::grey_out(&r.input, &r.pixel_mask)?;
+    let (masked, sample, truth) = (one(&masked_input)?, one(&r.sample)?, one(&r.input)?);
     let steps = spaced(r.trajectory.len(), TRAJECTORY_COLUMNS);
     let mut paths = Vec::new();
     if !video {
@@ -664,27 +514,28 @@ mod tests {
     }
 
     #[test]
-    fn middle_and_future_masks_on_video() {
+    fn mask_specs_become_library_masks_for_the_model() {
         let mut c = ModelConfig::mnist();
         c.num_frames = 8;
         c.tubelet = 2;
         c.image_size = [8, 8];
-        let dev = Device::Cpu;
-        let m = MaskSpec::Middle(4)
-            .build(&c, 2, RngKey::new(0, 0), &dev)
-            .unwrap();
-        // 4 temporal positions of 2 x 2 patches; positions 1 and 2 masked.
-        let want: Vec<bool> = (0..16).map(|j| (1..3).contains(&(j / 4))).collect();
-        assert_eq!(m.masks()[1], want);
-        let f = MaskSpec::Future(2)
-            .build(&c, 1, RngKey::new(0, 0), &dev)
-            .unwrap();
-        assert_eq!(f.num_masked(), 4);
-        assert!(MaskSpec::Future(3)
-            .build(&c, 1, RngKey::new(0, 0), &dev)
-            .is_err());
-        assert!(MaskSpec::Tube(0.5)
-            .build(&ModelConfig::mnist(), 1, RngKey::new(0, 0), &dev)
-            .is_err());
+        assert!(matches!(
+            MaskSpec::Middle(4).masking(&c),
+            Ok(Masking::Video(_))
+        ));
+        assert_eq!(
+            MaskSpec::Future(2)
+                .masking(&c)
+                .unwrap()
+                .num_masked(&c)
+                .unwrap(),
+            4
+        );
+        assert!(MaskSpec::Future(3).masking(&c).is_err());
+        assert!(MaskSpec::Tube(0.5).masking(&ModelConfig::mnist()).is_err());
+        assert!(matches!(
+            MaskSpec::Center(0.25).masking(&ModelConfig::mnist()),
+            Ok(Masking::Image(_))
+        ));
     }
 }

@@ -1,6 +1,8 @@
 //! Config files: `--config FILE.toml` with a `[model]` table (a [`ModelConfig`] over the chosen
-//! preset) and a `[train]` table (the flags' names and meanings). Precedence: flags, then the
-//! file, then the defaults. Unknown keys are errors naming the key and the file.
+//! preset) and a `[train]` (or `[finetune]`) table whose keys are the command's flags. The table
+//! is parsed as command-line arguments placed before the real ones ([`layered`]), so each flag
+//! is declared once (its clap attribute holds its default and its checks) and precedence is:
+//! flags, then the file, then the defaults. Unknown keys are errors naming the key and the file.
 
 use std::path::Path;
 
@@ -15,7 +17,7 @@ pub struct ConfigFile {
     pub path: String,
     /// The `[model]` table, merged over the preset by [`ConfigFile::model`].
     pub model: Option<Table>,
-    /// The `[train]` table (or `[finetune]`), deserialised by the command.
+    /// The command's table (`[train]` or `[finetune]`): its flags' long names and values.
     pub train: Option<Table>,
 }
 
@@ -64,15 +66,123 @@ impl ConfigFile {
             .map_err(|e| anyhow::anyhow!("--config {}: [model]: {}", self.path, one_line(&e)))
     }
 
-    /// The command's table as `T` (whose serde attributes reject unknown fields).
-    pub fn section<T: serde::de::DeserializeOwned + Default>(&self, section: &str) -> Result<T> {
-        match &self.train {
-            None => Ok(T::default()),
-            Some(t) => Value::Table(t.clone()).try_into().map_err(|e| {
-                anyhow::anyhow!("--config {}: [{section}]: {}", self.path, one_line(&e))
-            }),
+    /// The command's table as command-line arguments of `command` (`key = value` becomes
+    /// `--key value`, `key = true` becomes `--key`), checked by parsing them alone so that an
+    /// invalid value is reported with the file's name. Unknown keys are errors naming the key.
+    /// Keys whose flag (or a flag that conflicts with it, like `epochs` for `steps`) is in
+    /// `given` are left out: the command line wins.
+    pub fn args(
+        &self,
+        command: &clap::Command,
+        section: &str,
+        given: &[&str],
+    ) -> Result<Vec<String>> {
+        let Some(table) = &self.train else {
+            return Ok(Vec::new());
+        };
+        let mut args = Vec::new();
+        for (key, value) in table {
+            let Some(arg) = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()) && !a.is_hide_set())
+            else {
+                return Err(Usage(format!(
+                    "--config {}: [{section}]: unknown key `{key}`",
+                    self.path
+                ))
+                .into());
+            };
+            let overridden = given.contains(&arg.get_id().as_str())
+                || command
+                    .get_arg_conflicts_with(arg)
+                    .iter()
+                    .any(|c| given.contains(&c.get_id().as_str()));
+            if overridden {
+                continue;
+            }
+            let flag = format!("--{key}");
+            let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+            match value {
+                Value::Boolean(true) if !takes_value => args.push(flag),
+                Value::Boolean(false) if !takes_value => {}
+                Value::String(s) => args.extend([flag, s.clone()]),
+                Value::Integer(i) => args.extend([flag, i.to_string()]),
+                Value::Float(f) => args.extend([flag, f.to_string()]),
+                Value::Boolean(b) => args.extend([flag, b.to_string()]),
+                other => {
+                    return Err(Usage(format!(
+                        "--config {}: [{section}]: `{key}` must be a number, a string or a boolean, got {other}",
+                        self.path
+                    ))
+                    .into())
+                }
+            }
         }
+        command
+            .clone()
+            .no_binary_name(true)
+            .try_get_matches_from(&args)
+            .map_err(|e| {
+                Usage(format!(
+                    "--config {}: [{section}]: {}",
+                    self.path,
+                    clap_line(&e)
+                ))
+            })?;
+        Ok(args)
     }
+}
+
+/// Parses a command's flags with a config file's table in front of the command line: the
+/// flags given on the command line win over the file's, which win over the defaults (clap's
+/// `default_value`s: one place for each default).
+pub fn layered<T: clap::Parser>(
+    section: &str,
+    file: &ConfigFile,
+    cli: &[std::ffi::OsString],
+) -> Result<T> {
+    let command = T::command();
+    let on_cli = command
+        .clone()
+        .no_binary_name(true)
+        .try_get_matches_from(cli)
+        .map_err(|e| Usage(clap_line(&e)))?;
+    let given: Vec<&str> = command
+        .get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|id| on_cli.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .collect();
+    let mut argv: Vec<std::ffi::OsString> = vec![section.into()];
+    argv.extend(
+        file.args(&command, section, &given)?
+            .into_iter()
+            .map(Into::into),
+    );
+    argv.extend(cli.iter().cloned());
+    let matches = command
+        .try_get_matches_from(argv)
+        .map_err(|e| Usage(clap_line(&e)))?;
+    Ok(T::from_arg_matches(&matches).map_err(|e| Usage(clap_line(&e)))?)
+}
+
+/// A value the user typed that cannot be used: `main` prints it as one `error:` line and
+/// exits with 2, as clap does for the command line.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The first line of a clap error without its `error: ` prefix.
+fn clap_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("").trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
 
 fn one_line(e: &dyn std::fmt::Display) -> String {

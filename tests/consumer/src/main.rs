@@ -1,15 +1,13 @@
-//! Uses dmae-diffusion and dmae-models as a downstream project would: masks, a small DiffMAE and
-//! its training loss, DDIM inpainting with the encoder run once, a checkpoint round trip, and the
-//! Hugging Face ViTMAE import of the committed fixture. Prints shapes; any failed check is an
+//! Uses dmae-diffusion and dmae-models as a downstream project would: masks, a small DiffMAE,
+//! one pre-training step (`Pretraining`), DDIM inpainting in one call (`Inpainting`), a
+//! checkpoint round trip, and the Hugging Face ViTMAE import of the committed fixture. Prints shapes; any failed check is an
 //! error (non-zero exit).
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use dmae_diffusion::{
-    diffuse, MaskStrategy, NoiseSchedule, PatchGrid, RngKey, Sampler, SamplerKind, X0Loss,
-};
-use dmae_models::{DiffMae, ModelConfig, TokenMask};
+use candle_core::{Device, Tensor};
+use dmae_diffusion::{MaskStrategy, PatchGrid, RngKey, SamplerKind};
+use dmae_models::{DiffMae, Inpainting, Masking, ModelConfig, Pretraining};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -58,27 +56,21 @@ fn main() -> Result<()> {
     );
     check(mask.num_masked() == 37, "75% of 49 patches is 37 masked")?;
 
-    // One training loss: patchify, noise the masked patches, predict x0, regress.
+    // One training step through the library: mask, noise the masked patches with the model's
+    // own schedule, encode, decode, x0 loss, backward.
     let images = Tensor::rand(0f32, 1., (n, 1, 28, 28), &dev)?;
-    let patches = cfg.patchify(&images)?;
-    let masking = TokenMask::from(&mask);
-    let (x0_v, x0_m) = mask.split(&patches)?;
-    let schedule = NoiseSchedule::linear(1000)?;
-    let noised = diffuse(&schedule, &x0_m, key)?;
-    let x0_hat = model.forward(&patches, &masking, &noised.x_t, &noised.t)?;
-    let loss = X0Loss::pretraining().compute(&x0_hat, &x0_m)?;
-    let grads = loss.backward()?;
+    let step = Pretraining::for_config(&cfg)?.step(&model, &images, key)?;
+    let grads = step.loss.backward()?;
     let with_grad = model
         .named_params()
         .iter()
         .filter(|p| grads.get(p.var.as_tensor()).is_some())
         .count();
     println!(
-        "train: patches {:?}, x_t {:?} at t = {:?}, loss {:.4}, {with_grad}/{} parameters with a gradient",
-        patches.dims(),
-        noised.x_t.dims(),
-        noised.t,
-        loss.to_scalar::<f32>()?,
+        "train: target {:?} at t = {:?}, loss {:.4}, {with_grad}/{} parameters with a gradient",
+        step.target.dims(),
+        step.t,
+        step.loss.to_scalar::<f32>()?,
         model.named_params().len()
     );
     check(
@@ -86,30 +78,28 @@ fn main() -> Result<()> {
         "every parameter gets a gradient",
     )?;
 
-    // Inpainting: encode the visible patches once, DDIM for 5 steps on the masked ones.
-    let ctx = model.encode(&x0_v, &masking)?;
-    let sampler =
-        Sampler::new(schedule, SamplerKind::Ddim { steps: 5, eta: 0.0 })?.with_trajectory(true);
-    let mut denoiser = model.denoiser(&ctx, &masking);
-    let out = sampler.sample(&mut denoiser, x0_m.dims(), DType::F32, &dev, key)?;
-    let full = mask.merge(&x0_v, &out.x0)?;
-    let steps = out.trajectory.as_ref().map_or(0, Vec::len);
+    // Inpainting as one call: the encoder once, DDIM for 5 steps on the masked patches, the
+    // visible pixels pasted back, the x0 trajectory recorded.
+    let inpainting = Inpainting::new(
+        &cfg,
+        Masking::random(&cfg, 0.75)?,
+        SamplerKind::Ddim { steps: 5, eta: 0.0 },
+    )?
+    .with_trajectory(true);
+    let out = inpainting.run(&model, &images, key)?;
     println!(
-        "sample: DDIM at t = {:?}, x0 {:?}, merged {:?}, {steps} trajectory steps",
-        sampler.timesteps(),
-        out.x0.dims(),
-        full.dims()
+        "sample: DDIM at t = {:?}, images {:?}, {} trajectory steps, {} of {} patches masked",
+        inpainting.sampler().timesteps(),
+        out.sample.dims(),
+        out.trajectory.len(),
+        out.mask.num_masked(),
+        out.mask.num_tokens()
     );
-    check(
-        full.dims() == patches.dims(),
-        "merged sample has the patch shape",
-    )?;
-    check(steps == 5, "one trajectory entry per DDIM step")?;
-    let (visible_again, _) = mask.split(&full)?;
-    check(
-        max_abs_diff(&visible_again, &x0_v)? == 0.0,
-        "visible patches are kept",
-    )?;
+    check(out.sample.dims() == images.dims(), "the sample has the images' shape")?;
+    check(out.trajectory.len() == 5, "one trajectory entry per DDIM step")?;
+    let kept = (out.sample.clone() * out.pixel_mask.affine(-1.0, 1.0)?)?;
+    let truth = (images.clone() * out.pixel_mask.affine(-1.0, 1.0)?)?;
+    check(max_abs_diff(&kept, &truth)? == 0.0, "visible pixels are kept")?;
 
     // Checkpoint round trip (the config travels in the safetensors metadata).
     let path =
@@ -117,12 +107,10 @@ fn main() -> Result<()> {
     model.save(&path)?;
     let loaded = DiffMae::load(&path, &dev)?;
     std::fs::remove_file(&path)?;
-    let t = vec![500; n];
-    let a = model.decode(&ctx, &x0_m, &masking, &t)?;
-    let b = loaded.decode(&loaded.encode(&x0_v, &masking)?, &x0_m, &masking, &t)?;
-    let diff = max_abs_diff(&a, &b)?;
-    println!("checkpoint: saved and loaded, decode max abs diff {diff:e}");
-    check(diff == 0.0, "a loaded checkpoint decodes identically")?;
+    let again = loaded.config() == model.config();
+    let diff = max_abs_diff(&out.sample, &inpainting.run(&loaded, &images, key)?.sample)?;
+    println!("checkpoint: saved and loaded, inpainting max abs diff {diff:e}");
+    check(again && diff == 0.0, "a loaded checkpoint inpaints identically")?;
 
     // Hugging Face ViTMAE import (local directory; `DiffMae::from_hf_hub` downloads instead).
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -73,10 +73,13 @@ impl PatchGrid {
 }
 
 /// Per-sample index sets of one mask draw (MAE's `ids_keep`, the masked complement and
-/// `ids_restore`), all `u32` tensors on one device.
+/// `ids_restore`), all `u32` tensors on one device: the one mask type of the workspace, what
+/// the strategies draw, what the encoder and decoder read and what samplers inpaint.
 ///
-/// Invariants: for every sample `visible ∪ masked = {0..L}` with no overlap, both sorted
-/// ascending; `ids_restore[ids_shuffle[j]] = j` for `ids_shuffle = concat(visible, masked)`.
+/// Invariants: for every sample `visible ∪ masked = {0..L}` with no overlap;
+/// `ids_restore[ids_shuffle[j]] = j` for `ids_shuffle = concat(visible, masked)`. The
+/// strategies of this module (and [`MaskIndices::from_masks`]) list both sets in ascending
+/// order; [`MaskIndices::from_noise`] keeps MAE's shuffled order.
 #[derive(Clone, Debug)]
 pub struct MaskIndices {
     visible: Tensor,
@@ -135,6 +138,105 @@ impl MaskIndices {
             visible: Tensor::from_vec(visible, (n, lv), device)?,
             masked: Tensor::from_vec(masked, (n, lm), device)?,
             ids_restore: Tensor::from_vec(restore, (n, l), device)?,
+            masks,
+        })
+    }
+
+    /// MAE's / Hugging Face ViTMAE's `random_masking` with explicit noise `(N, L)`:
+    /// `ids_shuffle = argsort(noise)` (ascending, ties by index), the first
+    /// `⌊L (1 − ratio)⌋` visible, the rest masked, both in that shuffled order (what parity with
+    /// transformers' `noise=` argument needs).
+    pub fn from_noise(noise: &Tensor, ratio: f64) -> Result<Self> {
+        check_ratio("ratio", ratio)?;
+        let (_, l) = noise.dims2().map_err(|_| Error::Shape {
+            arg: "noise",
+            expected: "(N, L)".into(),
+            got: noise.dims().to_vec(),
+        })?;
+        let keep = l - count_for_ratio(ratio, l);
+        let rows = noise.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let order = rows
+            .iter()
+            .map(|row| {
+                let mut ids: Vec<usize> = (0..l).collect();
+                ids.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
+                ids
+            })
+            .collect();
+        Self::from_order(order, keep, noise.device())
+    }
+
+    /// Index sets from a per-sample order of all `L` patches (`ids_shuffle`): the first `keep`
+    /// are visible, the rest masked, each set in the given order.
+    pub fn from_order(order: Vec<Vec<usize>>, keep: usize, device: &Device) -> Result<Self> {
+        let n = order.len();
+        let l = order.first().map_or(0, Vec::len);
+        if n == 0 || keep > l {
+            return Err(Error::invalid(
+                "order",
+                format!("at least one sample and keep <= L = {l}"),
+                format!("{n} samples, keep {keep}"),
+            ));
+        }
+        let (mut visible, mut masked) = (Vec::with_capacity(n * keep), Vec::new());
+        let mut restore = vec![0u32; n * l];
+        let mut masks = Vec::with_capacity(n);
+        for (i, ids) in order.iter().enumerate() {
+            let mut seen = vec![false; l];
+            let mut mask = vec![true; l];
+            if ids.len() != l
+                || ids
+                    .iter()
+                    .any(|&j| j >= l || std::mem::replace(&mut seen[j], true))
+            {
+                return Err(Error::invalid(
+                    "order",
+                    format!("a permutation of 0..{l} for every sample"),
+                    format!("sample {i}"),
+                ));
+            }
+            for (pos, &j) in ids.iter().enumerate() {
+                restore[i * l + j] = to_u32(pos)?;
+                if pos < keep {
+                    visible.push(to_u32(j)?);
+                    mask[j] = false;
+                } else {
+                    masked.push(to_u32(j)?);
+                }
+            }
+            masks.push(mask);
+        }
+        Ok(Self {
+            visible: Tensor::from_vec(visible, (n, keep), device)?,
+            masked: Tensor::from_vec(masked, (n, l - keep), device)?,
+            ids_restore: Tensor::from_vec(restore, (n, l), device)?,
+            masks,
+        })
+    }
+
+    /// Every one of `l` patches visible, none masked, for `n` samples (classification and
+    /// feature extraction run the encoder through the same path).
+    pub fn all_visible(n: usize, l: usize, device: &Device) -> Result<Self> {
+        Self::from_masks(vec![vec![false; l]; n.max(1)], device)?.narrow(0, n)
+    }
+
+    /// Samples `start..start + len` of the batch (tensor views, no copies).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        let masks = self
+            .masks
+            .get(start..start + len)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "range",
+                    format!("within the batch of {}", self.batch_size()),
+                    format!("{start}..{}", start + len),
+                )
+            })?
+            .to_vec();
+        Ok(Self {
+            visible: self.visible.narrow(0, start, len)?,
+            masked: self.masked.narrow(0, start, len)?,
+            ids_restore: self.ids_restore.narrow(0, start, len)?,
             masks,
         })
     }

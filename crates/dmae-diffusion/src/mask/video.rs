@@ -67,6 +67,13 @@ pub enum VideoMaskStrategy {
         /// Number of leading temporal positions that stay visible.
         visible: usize,
     },
+    /// Frame interpolation: `masked` consecutive temporal positions in the middle of the clip
+    /// (starting at `⌊(frames − masked) / 2⌋`) are masked entirely, the others visible; the
+    /// same for every sample. `masked ≤ frames`.
+    MiddleFrames {
+        /// Number of masked temporal positions.
+        masked: usize,
+    },
 }
 
 impl VideoMaskStrategy {
@@ -91,7 +98,12 @@ impl VideoMaskStrategy {
                 format!("at most frames = {}", grid.frames),
                 visible,
             )),
-            Self::FutureFrames { .. } => Ok(()),
+            Self::MiddleFrames { masked } if *masked > grid.frames => Err(Error::invalid(
+                "masked",
+                format!("at most frames = {}", grid.frames),
+                masked,
+            )),
+            Self::FutureFrames { .. } | Self::MiddleFrames { .. } => Ok(()),
         }
     }
 
@@ -102,6 +114,7 @@ impl VideoMaskStrategy {
             Self::Tube(s) => grid.frames * s.num_masked(grid.spatial())?,
             Self::RandomSpaceTime { ratio } => count_for_ratio(*ratio, grid.len()),
             Self::FutureFrames { visible } => (grid.frames - visible) * grid.rows * grid.cols,
+            Self::MiddleFrames { masked } => masked * grid.rows * grid.cols,
         })
     }
 
@@ -130,6 +143,13 @@ impl VideoMaskStrategy {
                     Self::FutureFrames { visible } => {
                         let hw = grid.rows * grid.cols;
                         Ok((0..grid.len()).map(|j| j / hw >= *visible).collect())
+                    }
+                    Self::MiddleFrames { masked } => {
+                        let hw = grid.rows * grid.cols;
+                        let start = (grid.frames - masked) / 2;
+                        Ok((0..grid.len())
+                            .map(|j| (start..start + masked).contains(&(j / hw)))
+                            .collect())
                     }
                 }
             })

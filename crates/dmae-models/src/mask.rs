@@ -1,0 +1,157 @@
+//! Which patches a model's encoder sees: an image mask strategy on the patch grid, or a video
+//! one on the tubelet grid, drawn into dmae-diffusion's [`MaskIndices`] (the one index-set type
+//! the encoder, the decoder, pre-training and inpainting share).
+
+use candle_core::Device;
+use dmae_diffusion::{MaskIndices, MaskStrategy, PatchGrid, RngKey, VideoGrid, VideoMaskStrategy};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// How a model's inputs are masked: [`MaskStrategy`] for image models,
+/// [`VideoMaskStrategy`] for video models.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Masking {
+    /// Images: a strategy on the `rows × cols` patch grid.
+    Image(MaskStrategy),
+    /// Clips: a strategy on the `T' × rows × cols` tubelet grid.
+    Video(VideoMaskStrategy),
+}
+
+impl Masking {
+    /// MAE's pre-training default for `config`: random 75% for images, tubes of 90% for video
+    /// (VideoMAE).
+    pub fn default_for(config: &ModelConfig) -> Result<Self> {
+        Self::random(config, if config.is_video() { 0.9 } else { 0.75 })
+    }
+
+    /// Random masking of `ratio` of the patches: per image, or as tubes (the same spatial mask
+    /// in every frame) for video.
+    pub fn random(config: &ModelConfig, ratio: f64) -> Result<Self> {
+        Ok(if config.is_video() {
+            Self::Video(VideoMaskStrategy::tube(ratio)?)
+        } else {
+            Self::Image(MaskStrategy::random(ratio)?)
+        })
+    }
+
+    /// An image strategy for `config`: as is for images, repeated in every frame (a tube) for
+    /// video.
+    pub fn spatial(config: &ModelConfig, strategy: MaskStrategy) -> Self {
+        if config.is_video() {
+            Self::Video(VideoMaskStrategy::Tube(strategy))
+        } else {
+            Self::Image(strategy)
+        }
+    }
+
+    /// Video: every frame after the first `frames − k` is masked (prediction of the last `k`
+    /// frames; `k` a multiple of the tubelet, fewer than the clip's frames).
+    pub fn future_frames(config: &ModelConfig, k: usize) -> Result<Self> {
+        let k = temporal_positions(config, k, "future")?;
+        Ok(Self::Video(VideoMaskStrategy::FutureFrames {
+            visible: config.time_steps() - k,
+        }))
+    }
+
+    /// Video: the `k` middle frames are masked (interpolation; `k` a multiple of the tubelet,
+    /// fewer than the clip's frames).
+    pub fn middle_frames(config: &ModelConfig, k: usize) -> Result<Self> {
+        let masked = temporal_positions(config, k, "middle")?;
+        Ok(Self::Video(VideoMaskStrategy::MiddleFrames { masked }))
+    }
+
+    /// The number of masked patches per sample on `config`'s grid.
+    pub fn num_masked(&self, config: &ModelConfig) -> Result<usize> {
+        Ok(match self.grid(config)? {
+            Grid::Image(s, g) => s.num_masked(g)?,
+            Grid::Video(s, g) => s.num_masked(g)?,
+        })
+    }
+
+    /// The fraction of the patches that are masked on `config`'s grid (what a center block of
+    /// `ratio` really hides once rounded to whole patches).
+    pub fn masked_fraction(&self, config: &ModelConfig) -> Result<f64> {
+        Ok(self.num_masked(config)? as f64 / config.num_patches().max(1) as f64)
+    }
+
+    /// Draws the masks of `batch` samples for `config` (sample `i` from its own `(key, i)`
+    /// stream).
+    pub fn sample(
+        &self,
+        config: &ModelConfig,
+        batch: usize,
+        key: RngKey,
+        device: &Device,
+    ) -> Result<MaskIndices> {
+        Ok(match self.grid(config)? {
+            Grid::Image(s, g) => s.sample(g, batch, key, device)?,
+            Grid::Video(s, g) => s.sample(g, batch, key, device)?,
+        })
+    }
+
+    fn grid<'a>(&'a self, config: &ModelConfig) -> Result<Grid<'a>> {
+        let (rows, cols) = config.grid();
+        match (self, config.is_video()) {
+            (Self::Image(s), false) => Ok(Grid::Image(s, PatchGrid::new(rows, cols))),
+            (Self::Video(s), true) => Ok(Grid::Video(
+                s,
+                VideoGrid::new(config.time_steps(), rows, cols),
+            )),
+            (Self::Image(_), true) => Err(Error::arg("mask", "an image mask for a video model")),
+            (Self::Video(_), false) => Err(Error::arg("mask", "a video mask for an image model")),
+        }
+    }
+}
+
+enum Grid<'a> {
+    Image(&'a MaskStrategy, PatchGrid),
+    Video(&'a VideoMaskStrategy, VideoGrid),
+}
+
+/// `k` frames as temporal positions of `config`'s tubelets.
+fn temporal_positions(config: &ModelConfig, k: usize, what: &str) -> Result<usize> {
+    if !config.is_video() {
+        return Err(Error::arg(
+            "mask",
+            format!("{what}:{k} needs a video model"),
+        ));
+    }
+    if k == 0 || k % config.tubelet != 0 || k >= config.num_frames {
+        return Err(Error::arg(
+            "mask",
+            format!(
+                "{what}:{k}: K must be a positive multiple of the tubelet ({}) and fewer than the {} frames",
+                config.tubelet, config.num_frames
+            ),
+        ));
+    }
+    Ok(k / config.tubelet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_follow_the_model_kind_and_report_what_they_hide() -> Result<()> {
+        let dev = Device::Cpu;
+        let image = ModelConfig::mnist();
+        let video = ModelConfig::moving_mnist();
+        assert!(matches!(Masking::default_for(&image)?, Masking::Image(_)));
+        assert!(matches!(Masking::default_for(&video)?, Masking::Video(_)));
+        // A center block of 0.25 on the 7 x 7 grid rounds to 4 x 4 patches: 16 / 49.
+        let c = Masking::spatial(&image, MaskStrategy::center_block(0.25)?);
+        assert_eq!(c.num_masked(&image)?, 16);
+        assert!((c.masked_fraction(&image)? - 16.0 / 49.0).abs() < 1e-12);
+        let m = Masking::middle_frames(&video, 4)?.sample(&video, 2, RngKey::new(0, 0), &dev)?;
+        // 4 temporal positions of 8 x 8; positions 1 and 2 masked.
+        let want: Vec<bool> = (0..256).map(|j| (1..3).contains(&(j / 64))).collect();
+        assert_eq!(m.masks()[1], want);
+        assert_eq!(Masking::future_frames(&video, 2)?.num_masked(&video)?, 64);
+        assert!(Masking::future_frames(&video, 3).is_err());
+        assert!(Masking::future_frames(&image, 2).is_err());
+        assert!(c.sample(&video, 1, RngKey::new(0, 0), &dev).is_err());
+        Ok(())
+    }
+}
