@@ -884,8 +884,8 @@ mod tests {
             _ => unreachable!(),
         };
         let (qs, ks, vs, gs) = (own(&qs), own(&ks), own(&vs), own(&gs));
-        let x = views::<f32>((&qs, &ql), (&ks, &kl), (&vs, &vl), None).unwrap();
-        let dout = cpu::slice::<f32>(&gs, &gl, OP).unwrap();
+        let x = views::<f32>((&qs, ql), (&ks, kl), (&vs, vl), None).unwrap();
+        let dout = cpu::slice::<f32>(&gs, gl, OP).unwrap();
         let (out, p) = forward(&x, dims, 0.3, true);
         let (out2, none) = forward(&x, dims, 0.3, false);
         assert!(none.is_none());
