@@ -12,6 +12,8 @@
 //! - `serve_answers_busy_too_large_and_keeps_serving` speaks HTTP directly: a second job while
 //!   one runs gets 503 "busy", an oversized upload 413, and once the first client goes away its
 //!   run stops and the next request succeeds.
+//! - `serve_video_clips_as_frames`: a video checkpoint's clips are shown as frames side by side,
+//!   uploads are refused with a message, and a drawn tube mask samples every frame.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -253,6 +255,84 @@ fn serve_answers_busy_too_large_and_keeps_serving() {
         .unwrap();
     assert!(png.starts_with(b"\x89PNG"));
     assert_eq!(done["trajectory_t"][0], json!(999));
+}
+
+/// An untrained video DiffMAE: 4 frames of 32x32 grey, 8x8 patches, tubelets of 2 frames.
+fn video_checkpoint() -> PathBuf {
+    let dir = root();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = ModelConfig::mnist();
+    c.image_size = [32, 32];
+    c.patch_size = 8;
+    c.num_frames = 4;
+    c.tubelet = 2;
+    c.encoder.dim = 32;
+    c.encoder.depth = 1;
+    c.encoder.heads = 2;
+    c.decoder.dim = 16;
+    c.decoder.depth = 1;
+    c.decoder.heads = 2;
+    c.decoder.time_embed_dim = 16;
+    let path = dir.join("video.safetensors");
+    DiffMae::new(c, 6, &Device::Cpu)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    path
+}
+
+#[test]
+fn serve_video_clips_as_frames() {
+    let server = Server::start(
+        &video_checkpoint(),
+        &["--data", "moving-mnist:frames=4,canvas=32,len=4"],
+    );
+    let port = server.port;
+    let (status, info) = request(port, "GET", "/api/info", "");
+    assert_eq!(status, 200, "{info}");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["model"]["video"], json!(true));
+    assert_eq!(info["model"]["frames"], json!(4));
+    assert_eq!(info["model"]["grid"], json!([4, 4]));
+    // A clip is shown as its frames side by side.
+    let mut s = send_request(port, "GET", "/api/input/val-1.png", "", &[]);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let strip = image::load_from_memory(&raw[at..]).unwrap();
+    assert_eq!((strip.width(), strip.height()), (4 * 32, 32));
+    // Uploads are single images: a video model says so.
+    let png = {
+        let mut c = std::io::Cursor::new(Vec::new());
+        image::GrayImage::new(32, 32)
+            .write_to(&mut c, image::ImageFormat::Png)
+            .unwrap();
+        c.into_inner()
+    };
+    let headers = format!(
+        "Content-Type: image/png\r\nContent-Length: {}\r\n",
+        png.len()
+    );
+    let mut s = send_request(port, "POST", "/api/upload", &headers, &png);
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.contains("video model"), "{answer}");
+    // A tube (the same 4 patches hidden in every frame), DDIM 3 steps.
+    let mask: Vec<bool> = (0..16).map(|i| [5, 6, 9, 10].contains(&i)).collect();
+    let job = json!({ "input": "val-1", "mask": mask, "sampler": "ddim", "steps": 3, "seed": 2 });
+    let (status, body) = request(port, "POST", "/api/inpaint", &job.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("event: step").count(), 3, "{body}");
+    let step: Value = serde_json::from_str(
+        body.split("event: step\ndata: ")
+            .nth(1)
+            .and_then(|d| d.lines().next())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(step["image"]["frames"], json!(4), "{step}");
+    assert!(body.contains("event: done"), "{body}");
 }
 
 // ---------------------------------------------------------------- Chromium over CDP
