@@ -68,7 +68,7 @@ impl Gallery {
         device: &Device,
     ) -> Result<Self> {
         let (name, spec) = match spec {
-            Some(s) => (format!("--data {s:?}"), s.clone()),
+            Some(s) => (spec_name(s), s.clone()),
             None => default_spec(checkpoint, config)?,
         };
         let channels =
@@ -110,6 +110,25 @@ impl Gallery {
         );
         let sample = self.data.get(i).with_context(|| format!("val-{i}"))?;
         fit_sample(&sample, &self.config, &self.device)
+    }
+}
+
+/// `--data`'s spec as people wrote it, e.g. `folder:photos/` or `moving-mnist (canvas 64, 20
+/// frames, 2 digits)`.
+fn spec_name(spec: &DataSpec) -> String {
+    match spec {
+        DataSpec::Bundled => "bundled".into(),
+        DataSpec::Mnist(p) => format!("mnist:{}", p.display()),
+        DataSpec::Cifar10(p) => format!("cifar10:{}", p.display()),
+        DataSpec::Folder(p) => format!("folder:{}", p.display()),
+        DataSpec::Frames(p) => format!("frames:{}", p.display()),
+        DataSpec::MovingMnist(c) => format!(
+            "moving-mnist (canvas {}, {} frames, {} digit{})",
+            c.canvas,
+            c.frames,
+            c.num_digits,
+            if c.num_digits == 1 { "" } else { "s" }
+        ),
     }
 }
 
