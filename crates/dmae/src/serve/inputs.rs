@@ -151,7 +151,7 @@ fn default_spec(checkpoint: &Path, config: &ModelConfig) -> Result<(String, Data
             let parsed = spec
                 .parse()
                 .with_context(|| format!("{}: [train] data", path.display()))?;
-            return Ok((format!("{spec} (from {})", path.display()), parsed));
+            return Ok((format!("{spec} (the run's config.toml)"), parsed));
         }
     }
     if config.is_video() {
