@@ -1,4 +1,4 @@
-//! `dmae`: the DiffMAE command-line tool (train, finetune, eval, sample).
+//! `dmae`: the DiffMAE command-line tool (train, finetune, eval, sample, serve).
 //!
 //! Exit codes: 0 success, 1 runtime error (one `error: ...` line on stderr), 2 usage error
 //! (clap, or a value typed on the command line or in a config file that cannot be used), 130
@@ -16,6 +16,7 @@ mod import_hf;
 mod metrics;
 mod run_dir;
 mod sample;
+mod serve;
 mod settings;
 mod train;
 mod trainer;
@@ -44,6 +45,8 @@ enum Command {
     Eval(eval::Args),
     /// Convert a Hugging Face ViTMAE checkpoint (directory or Hub repo id) to a dmae checkpoint.
     ImportHf(import_hf::Args),
+    /// Inpaint in the browser: a local web page that draws masks and streams the sampler's steps.
+    Serve(serve::Args),
 }
 
 fn run(cli: Cli, argv: &[std::ffi::OsString]) -> anyhow::Result<()> {
@@ -56,6 +59,7 @@ fn run(cli: Cli, argv: &[std::ffi::OsString]) -> anyhow::Result<()> {
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::ImportHf(args)) => import_hf::run(args),
+        Some(Command::Serve(args)) => serve::run(args),
         // `dmae` alone trains with the defaults, as `dmae train`.
         None => train::run(train::Args::parse_from(["train"]), &[]),
     }

@@ -393,7 +393,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "sampled {} input(s) in {secs:.1} s ({:.2} s each): {}, mask {mask_spec}, seed {}",
+        "sampled {} input(s) in {secs:.3} s ({:.3} s each): {}, mask {mask_spec}, seed {}",
         inputs.len(),
         secs / inputs.len() as f64,
         describe(&inpainting),
