@@ -296,6 +296,5 @@ mod tests {
     }
 }
 
-
 #[cfg(test)]
 mod fuzz;

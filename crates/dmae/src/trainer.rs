@@ -178,7 +178,8 @@ pub fn run(
     if start > 0 {
         // The record is written before the model files at each save: if the last save was cut
         // between the two, the model files are a step behind. Writing them from the record
-        // makes the pair one step again.
+        // makes the pair one step again. Under the save mutex, as every save.
+        let _saving = active();
         task.save(dir)?;
     }
     started(start);
@@ -593,6 +594,7 @@ fn save_state(path: &Path, opt: &Optimizer, meta: &StateMeta) -> Result<()> {
 
 /// Loads the resume record at `path` into the optimiser (weights, moments, EMA); the caller
 /// refreshes any working copy.
+///
 /// Fails, naming the setting and both values, when the record was written by a run with other
 /// `settings`.
 pub fn load_state(
