@@ -101,7 +101,10 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         // config.toml's [model] table is complete: merged over anything, it is the run's model.
         trainer::check_resumed_model(&dir, &file.model(config.clone())?, &config)?;
     }
-    settings.insert("[model]".into(), serde_json::to_string(&config)?);
+    settings.insert(
+        trainer::MODEL_SETTING.into(),
+        serde_json::to_string(&config)?,
+    );
     let device = parse_device(&args.run.device)?;
     let compute = args.run.compute_dtype(&device)?;
     let data = open_training(&args.data, &config, args.run.batch_size, args.run.seed)?;

@@ -619,7 +619,7 @@ pub fn load_state(
         .with_context(what)?
         .with_context(|| format!("{}: no `{STATE_KEY}` metadata", what()))?;
     for (key, was) in &meta.settings {
-        if let Some(now) = settings.get(key).filter(|now| *now != was) {
+        if let Some(now) = settings.get(key).filter(|now| !same_setting(key, was, now)) {
             bail!(
                 "--resume: {} belongs to another run: it was written with {key} = {}, the run's \
                  config.toml has {key} = {}",
@@ -664,6 +664,25 @@ pub fn load_state(
         .load_state(meta.step, &moments)
         .with_context(what)?;
     Ok(meta)
+}
+
+/// The key of the model config (JSON) among a run's kept settings.
+pub const MODEL_SETTING: &str = "[model]";
+
+/// Whether two values of kept setting `key` are the same. Model configs are compared as
+/// configs, not as text: a field added to `ModelConfig` later (with its serde default) does not
+/// make an older run's record look like another run's.
+fn same_setting(key: &str, a: &str, b: &str) -> bool {
+    use dmae_models::ModelConfig;
+    a == b
+        || key == MODEL_SETTING
+            && matches!(
+                (
+                    serde_json::from_str::<ModelConfig>(a),
+                    serde_json::from_str::<ModelConfig>(b),
+                ),
+                (Ok(x), Ok(y)) if x == y
+            )
 }
 
 /// Where a training command writes and what it was asked: a fresh run directory and the
@@ -797,7 +816,7 @@ pub fn check_resumed_model(
         "diffusion.schedule" => "--noise-schedule",
         "diffusion.rho" => "--rho",
         "diffusion.timesteps" => "--timesteps",
-        _ => "[model]",
+        _ => MODEL_SETTING,
     };
     bail!(Usage(format!(
         "{flag}: the run in {} has {field} = {before}, this command asks for {after}; a resumed \
@@ -862,6 +881,22 @@ fn shorten(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_model_settings_compare_as_configs() {
+        let c = dmae_models::ModelConfig::mnist();
+        let json = serde_json::to_string(&c).unwrap();
+        // A record written before a field existed: the field takes its default.
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["diffusion"].as_object_mut().unwrap().remove("rho");
+        let older = v.to_string();
+        assert!(same_setting(MODEL_SETTING, &older, &json));
+        assert!(!same_setting("batch-size", "32", "16"));
+        let mut other = c.clone();
+        other.encoder.depth += 1;
+        let other = serde_json::to_string(&other).unwrap();
+        assert!(!same_setting(MODEL_SETTING, &other, &json));
+    }
 
     #[test]
     fn model_differences_name_the_flag_and_both_values() {
