@@ -816,6 +816,13 @@ pub fn check_resumed_model(
         "diffusion.schedule" => "--noise-schedule",
         "diffusion.rho" => "--rho",
         "diffusion.timesteps" => "--timesteps",
+        "diffusion.prediction" => "--prediction",
+        "diffusion.data_range" => "--data-range",
+        "diffusion.loss_weighting" => "--loss-weighting",
+        "diffusion.min_snr_gamma" => "--min-snr-gamma",
+        "diffusion.target" => "--target",
+        "diffusion.clip.model" => "--clip-model",
+        "diffusion.clip.weight" => "--clip-weight",
         _ => MODEL_SETTING,
     };
     bail!(Usage(format!(
