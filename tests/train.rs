@@ -882,6 +882,21 @@ fn pixels_and_clip_features_train_together() {
     let clip = d.clip.as_ref().unwrap();
     assert_eq!((clip.dim, clip.weight), (32, 0.5));
     assert!(m.decoder.clip_pred.is_some());
+    // It resumes (its config.toml holds [model.diffusion.clip]) and keeps its target.
+    ok(&["train", "--resume", "--out", s(&out), "--steps", "61"]);
+    assert_eq!(losses(&out).last().unwrap().0, 61);
+    let e = dmae(&[
+        "train",
+        "--resume",
+        "--out",
+        s(&out),
+        "--steps",
+        "62",
+        "--target",
+        "pixels",
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(one_error_line(&e).starts_with("error: --target: "));
     ok(&[
         "sample",
         "--checkpoint",

@@ -46,6 +46,8 @@ pub struct RunDir {
     pub path: PathBuf,
     /// This process made the directory (a fresh run's `runs/<timestamp>` or a new `--out`).
     created: bool,
+    /// This process also made `runs/` for it.
+    created_runs: bool,
     /// A fresh run (not `--resume`): until its first checkpoint it has nothing worth keeping.
     fresh: bool,
     /// Holds the lock (closing it releases the lock).
@@ -67,7 +69,12 @@ impl RunDir {
             return false;
         }
         if self.created {
-            return std::fs::remove_dir_all(&self.path).is_ok();
+            let removed = std::fs::remove_dir_all(&self.path).is_ok();
+            if self.created_runs {
+                // Only if empty: another command may have put a run there meanwhile.
+                let _ = std::fs::remove_dir("runs");
+            }
+            return removed;
         }
         let Ok(entries) = std::fs::read_dir(&self.path) else {
             return false;
@@ -135,6 +142,7 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
 /// else `runs/<prefix><UTC timestamp>` (with `-2`, `-3`, ... when that exists already). The
 /// directory is locked before it is checked, so two commands given one `--out` never both run.
 pub fn fresh_dir(out: Option<&Path>, prefix: &str, marker: &str) -> Result<RunDir> {
+    let created_runs = out.is_none() && !Path::new("runs").exists();
     let (path, created) = match out {
         Some(d) => {
             if d.exists() && !d.is_dir() {
@@ -185,6 +193,7 @@ pub fn fresh_dir(out: Option<&Path>, prefix: &str, marker: &str) -> Result<RunDi
     Ok(RunDir {
         path,
         created,
+        created_runs,
         fresh: true,
         _lock: lock,
     })
@@ -229,6 +238,7 @@ pub fn resume_dir(out: Option<&Path>, marker: &str) -> Result<RunDir> {
     Ok(RunDir {
         path,
         created: false,
+        created_runs: false,
         fresh: false,
         _lock: lock,
     })

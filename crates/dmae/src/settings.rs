@@ -59,8 +59,21 @@ impl ConfigFile {
             return Ok(base);
         };
         let mut value = Value::try_from(&base).context("model config to TOML")?;
+        // The keys a [model] table may hold: those of `base`, plus its optional tables that are
+        // absent when unset (`diffusion.clip`, which a CLIP run's config.toml holds).
+        let mut full = base.clone();
+        full.diffusion
+            .clip
+            .get_or_insert_with(|| dmae_models::ClipTarget {
+                model: String::new(),
+                dim: 0,
+                features: Default::default(),
+                weight: 1.0,
+            });
+        let schema = Value::try_from(&full).context("model config to TOML")?;
         // What the file says is what the user typed: a refusal is a usage error.
-        merge(&mut value, over, "model", &self.path).map_err(|e| Usage(format!("{e:#}")))?;
+        merge(&mut value, &schema, over, "model", &self.path)
+            .map_err(|e| Usage(format!("{e:#}")))?;
         // Validated by the caller, once the flags (--decoder, --mae) are applied too.
         value
             .try_into()
@@ -218,17 +231,23 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     out
 }
 
-/// Overwrites the keys of `over` in `base`; a key absent from `base` is unknown.
-fn merge(base: &mut Value, over: &Table, at: &str, path: &str) -> Result<()> {
+/// Overwrites the keys of `over` in `base`; a key absent from `schema` (`base` with its
+/// optional tables filled) is unknown, one absent from `base` only is inserted whole.
+fn merge(base: &mut Value, schema: &Value, over: &Table, at: &str, path: &str) -> Result<()> {
     let Value::Table(base) = base else {
         bail!("--config {path}: `{at}` is not a table");
     };
     for (k, v) in over {
         let here = format!("{at}.{k}");
+        let Some(known) = schema.get(k) else {
+            bail!("--config {path}: unknown key `{here}`");
+        };
         match base.get_mut(k) {
-            None => bail!("--config {path}: unknown key `{here}`"),
+            None => {
+                base.insert(k.clone(), v.clone());
+            }
             Some(slot @ Value::Table(_)) => match v {
-                Value::Table(t) => merge(slot, t, &here, path)?,
+                Value::Table(t) => merge(slot, known, t, &here, path)?,
                 _ => bail!("--config {path}: `{here}` must be a table"),
             },
             Some(slot) => *slot = v.clone(),
@@ -283,6 +302,23 @@ mod tests {
             e.contains("b.toml") && e.contains("model.encoder.width"),
             "{e}"
         );
+        // An optional table absent from the preset (a CLIP run's config.toml holds it).
+        let c = ConfigFile::parse(
+            "[model.diffusion]\ntarget = \"pixels+clip\"\n\
+             [model.diffusion.clip]\nmodel = \"t\"\ndim = 8\nweight = 0.5\n",
+            "e.toml",
+            "train",
+        )
+        .unwrap()
+        .model(ModelConfig::mnist())
+        .unwrap();
+        assert_eq!(c.diffusion.clip.map(|t| (t.dim, t.weight)), Some((8, 0.5)));
+        let e = ConfigFile::parse("[model.diffusion.clip]\nwidth = 8\n", "f.toml", "train")
+            .unwrap()
+            .model(ModelConfig::mnist())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.toml") && e.contains("width"), "{e}");
         let e = ConfigFile::parse("[optim]\nlr = 1\n", "c.toml", "train")
             .unwrap_err()
             .to_string();

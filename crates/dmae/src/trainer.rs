@@ -803,10 +803,14 @@ pub fn check_resumed_model(
         return Ok(());
     }
     let (mut a, mut b) = (toml::Value::try_from(was)?, toml::Value::try_from(now)?);
-    if was.decoder.masked_input != now.decoder.masked_input {
-        // `--mae` changes the decoder's kind too: compare only the field that says MAE or
-        // DiffMAE, so the message names it.
-        (a, b) = (masked_input_only(&a), masked_input_only(&b));
+    // A flag that changes several fields (`--mae` the decoder's kind too, `--target` the CLIP
+    // table) is named by the field that says what it chose: compare that one alone first.
+    for (table, key) in [("decoder", "masked_input"), ("diffusion", "target")] {
+        let (x, y) = (only(&a, table, key), only(&b, table, key));
+        if x != y {
+            (a, b) = (x, y);
+            break;
+        }
     }
     let (field, before, after) =
         first_difference(&a, &b, "").unwrap_or_else(|| ("?".into(), "?".into(), "?".into()));
@@ -832,15 +836,15 @@ pub fn check_resumed_model(
     )))
 }
 
-/// `{ decoder = { masked_input = ... } }` of a serialised model config.
-fn masked_input_only(config: &toml::Value) -> toml::Value {
-    let field = config.get("decoder").and_then(|d| d.get("masked_input"));
-    let decoder: toml::Table = field
-        .map(|v| ("masked_input".to_string(), v.clone()))
+/// `{ table = { key = ... } }` of a serialised model config.
+fn only(config: &toml::Value, table: &str, key: &str) -> toml::Value {
+    let field = config.get(table).and_then(|t| t.get(key));
+    let inner: toml::Table = field
+        .map(|v| (key.to_string(), v.clone()))
         .into_iter()
         .collect();
     toml::Value::Table(
-        [("decoder".to_string(), toml::Value::Table(decoder))]
+        [(table.to_string(), toml::Value::Table(inner))]
             .into_iter()
             .collect(),
     )
@@ -923,6 +927,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--mae: "), "{e}");
+        let mut now = was.clone();
+        now.diffusion.prediction = dmae_diffusion::Prediction::Eps;
+        let e = check_resumed_model(dir, &was, &now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--prediction: "), "{e}");
+        let mut now = was.clone();
+        now.diffusion.target = dmae_models::Target::PixelsClip;
+        now.diffusion.clip = Some(dmae_models::ClipTarget {
+            model: "t".into(),
+            dim: 8,
+            features: Default::default(),
+            weight: 1.0,
+        });
+        let e = check_resumed_model(dir, &was, &now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--target: "), "{e}");
         let mut now = was.clone();
         now.encoder.dim = 8;
         let e = check_resumed_model(dir, &was, &now)
