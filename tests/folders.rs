@@ -272,6 +272,17 @@ fn colour_photos_of_mixed_sizes_train_finetune_eval_and_sample_with_default_flag
     );
     let c = Classifier::load(root.join("ft/classifier.safetensors"), &Device::Cpu).unwrap();
     assert_eq!((c.num_classes(), c.config().in_channels), (2, 3));
+    // Each run directory has a loss plot people can read and a report that shows the previews.
+    for run in ["pre", "ft"] {
+        let svg = std::fs::read_to_string(root.join(run).join("loss.svg")).unwrap();
+        for label in [">Loss</text>", ">step</text>", ">loss</text>"] {
+            assert!(svg.contains(label), "{run}/loss.svg lacks {label:?}");
+        }
+        let html = std::fs::read_to_string(root.join(run).join("report.html")).unwrap();
+        assert!(html.contains("<svg"), "{run}/report.html has no plot");
+    }
+    let html = std::fs::read_to_string(root.join("pre/report.html")).unwrap();
+    assert!(html.contains("samples/step_000003.png"), "{html}");
     // The resolved transform is part of the run's settings.
     let toml = std::fs::read_to_string(root.join("pre/config.toml")).unwrap();
     assert!(

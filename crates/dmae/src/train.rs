@@ -376,7 +376,9 @@ impl Task for Pretrain {
             })
             .collect::<candle_core::Result<_>>()?;
         let path = dir.join("samples").join(format!("step_{step:06}.png"));
-        crate::images::write_grid(&path, &rows)
+        crate::images::write_grid(&path, &rows)?;
+        // The report lists the grids: the last one is written after the last checkpoint.
+        crate::run_dir::write_figures(dir)
     }
 }
 

@@ -266,7 +266,7 @@ pub fn run(
                 seed: plan.seed,
             };
             save_state(&dir.join(STATE_FILE), opt, &meta)?;
-            run_dir::plot_loss(dir)?;
+            run_dir::write_figures(dir)?;
         }
         if plan.sample_every > 0 && (step % plan.sample_every == 0 || step == total) {
             task.preview(dir, step)?;
