@@ -183,11 +183,12 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// The first line of a clap error without its `error: ` prefix.
+/// The first paragraph of a clap error on one line, without its `error: ` prefix (a missing
+/// required flag is named on the lines after the first).
 fn clap_line(e: &clap::Error) -> String {
     let text = e.to_string();
-    let line = text.lines().next().unwrap_or("").trim();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    let line = one_line(&text.split("\n\n").next().unwrap_or(""));
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
 
 fn one_line(e: &dyn std::fmt::Display) -> String {
