@@ -71,8 +71,8 @@ pub mod schedule;
 
 pub use error::{Error, Result};
 pub use forward::{
-    diffuse, normalize_patches, q_sample, sample_timesteps, timesteps_tensor, Diffused, Prediction,
-    X0Loss,
+    diffuse, normalize_patches, q_sample, sample_timesteps, timesteps_tensor, Diffused,
+    LossWeighting, Prediction, X0Loss,
 };
 pub use mask::{
     BlockWise, MaskIndices, MaskStrategy, PatchGrid, PatchMask, ResizeRule, VideoGrid,

@@ -258,3 +258,40 @@ fn predictions_round_trip_to_x0() -> Result<()> {
     assert!(err < 1e-12, "{err}");
     Ok(())
 }
+
+/// Min-SNR-γ gives every prediction the same x0-space weight min(SNR, γ); weighted losses with
+/// unit weights equal the plain loss.
+#[test]
+fn min_snr_weights_and_weighted_losses() -> Result<()> {
+    use dmae_diffusion::{LossWeighting, Prediction};
+    let s = NoiseSchedule::new(ScheduleConfig::default())?;
+    let w = LossWeighting::MinSnr { gamma: 5.0 };
+    for t in [0, 100, 500, 999] {
+        let snr = s.snr()[t];
+        let x0 = w.weight(&s, Prediction::X0, t);
+        assert!((x0 - snr.min(5.0)).abs() < 1e-12);
+        // ‖ε − ε̂‖² = SNR ‖x0 − x̂0‖² and ‖v − v̂‖² = (1 + SNR) ‖x0 − x̂0‖².
+        assert!((w.weight(&s, Prediction::Eps, t) * snr - x0).abs() < 1e-9 * x0.max(1.0));
+        assert!((w.weight(&s, Prediction::V, t) * (snr + 1.0) - x0).abs() < 1e-9 * x0.max(1.0));
+        assert_eq!(LossWeighting::Uniform.weight(&s, Prediction::V, t), 1.0);
+    }
+    assert_eq!(w.weight(&s, Prediction::X0, 0), 5.0, "low noise: capped");
+    let dev = Device::Cpu;
+    let pred = Tensor::randn(0f32, 1., (3, 4, 5), &dev)?;
+    let x0 = Tensor::randn(0f32, 1., (3, 4, 5), &dev)?;
+    let l = X0Loss::inpainting();
+    let plain = l.compute(&pred, &x0)?.to_scalar::<f32>()?;
+    let ones = l
+        .compute_weighted(&pred, &x0, &[1.0; 3])?
+        .to_scalar::<f32>()?;
+    assert!((plain - ones).abs() < 1e-6 * plain, "{plain} vs {ones}");
+    let first = l
+        .compute_weighted(&pred, &x0, &[3.0, 0.0, 0.0])?
+        .to_scalar::<f32>()?;
+    let only = l
+        .compute(&pred.narrow(0, 0, 1)?, &x0.narrow(0, 0, 1)?)?
+        .to_scalar::<f32>()?;
+    assert!((first - only).abs() < 1e-5 * only, "{first} vs {only}");
+    assert!(l.compute_weighted(&pred, &x0, &[1.0; 2]).is_err());
+    Ok(())
+}

@@ -23,6 +23,7 @@
 //! | `decoder.blocks.{i}.norm_cross`, `.cross_attn.q` `(Dd, Dd)`, `.cross_attn.kv` `(2Dd, De)`, `.cross_attn.proj` | cross / cross-self |
 //! | `decoder.blocks.{i}.norm2`, `.mlp.fc1`, `.mlp.fc2` | all |
 //! | `decoder.norm.{weight, bias}`, `decoder.pred.{weight, bias}` | `(Dd)`, `(P, Dd)` |
+//! | `decoder.clip_pred.{weight, bias}` | CLIP target only: `(D_clip, Dd)` |
 //!
 //! | `encoder.pos_embed`, `decoder.pos_embed` | optional, `(1 + L, De)`, `(1 + L, Dd)`: see below |
 //!

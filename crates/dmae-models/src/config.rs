@@ -13,7 +13,9 @@
 //! | [`ModelConfig::norm_eps`] | 1e-6 | MAE's LayerNorm eps (Hugging Face uses 1e-12) |
 //! | [`ModelConfig::norm_pix_loss`] | true | MAE's per-patch normalised target (choice) |
 
-use dmae_diffusion::{BetaSchedule, NoiseSchedule, Prediction, RhoTarget, ScheduleConfig};
+use dmae_diffusion::{
+    BetaSchedule, LossWeighting, NoiseSchedule, Prediction, RhoTarget, ScheduleConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -112,6 +114,57 @@ impl DataRange {
     }
 }
 
+/// How training weighs the losses of different timesteps (see
+/// [`dmae_diffusion::LossWeighting`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    /// Every timestep alike (the paper's DiffMAE loss).
+    #[default]
+    Uniform,
+    /// Min-SNR-γ (Hang et al. 2023) with γ = [`DiffusionConfig::min_snr_gamma`].
+    MinSnr,
+}
+
+/// What pre-training regresses at the masked patches (paper: DiffMAE "with CLIP features as an
+/// additional target").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// The pixels, diffused (DiffMAE).
+    #[default]
+    #[serde(rename = "pixels")]
+    Pixels,
+    /// A frozen CLIP tower's patch features only (a second decoder head); the pixel head is not
+    /// trained, so such a model does not inpaint.
+    #[serde(rename = "clip")]
+    Clip,
+    /// Both: the diffused pixels and, weighted by [`ClipTarget::weight`], the CLIP features.
+    #[serde(rename = "pixels+clip")]
+    PixelsClip,
+}
+
+/// The CLIP features a model regresses besides (or instead of) the pixels: which tower, which
+/// of its features, how wide, how much they weigh.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipTarget {
+    /// The tower: a local directory or a Hugging Face Hub repository id (informative once
+    /// trained: sampling and fine-tuning do not need the tower).
+    pub model: String,
+    /// Width of its features (the second head's output size).
+    pub dim: usize,
+    /// Which layer and normalisation ([`crate::clip::ClipFeatureConfig`]).
+    #[serde(default)]
+    pub features: crate::clip::ClipFeatureConfig,
+    /// Weight of the feature loss against the pixel loss.
+    #[serde(default = "unit_weight")]
+    pub weight: f64,
+}
+
+fn unit_weight() -> f64 {
+    1.0
+}
+
 /// The diffusion settings a model is trained and sampled with; stored with the model (in
 /// every checkpoint) so a sampler always uses the schedule the model learnt. Checkpoints
 /// written before these settings existed load with the defaults: linear, `T = 1000`, ρ = 1 on
@@ -131,6 +184,14 @@ pub struct DiffusionConfig {
     pub prediction: Prediction,
     /// How pixels are scaled before noise is added.
     pub data_range: DataRange,
+    /// How training weighs the timesteps.
+    pub loss_weighting: Weighting,
+    /// γ of min-SNR weighting.
+    pub min_snr_gamma: f64,
+    /// What the decoder regresses: pixels, CLIP features, or both.
+    pub target: Target,
+    /// The CLIP features, for the `clip` and `pixels+clip` targets.
+    pub clip: Option<ClipTarget>,
 }
 
 impl Default for DiffusionConfig {
@@ -142,6 +203,10 @@ impl Default for DiffusionConfig {
             rho_target: RhoTarget::AlphaBar,
             prediction: Prediction::X0,
             data_range: DataRange::Unit,
+            loss_weighting: Weighting::Uniform,
+            min_snr_gamma: 5.0,
+            target: Target::Pixels,
+            clip: None,
         }
     }
 }
@@ -157,6 +222,16 @@ impl DiffusionConfig {
             num_timesteps: self.timesteps,
             rho: self.rho,
             rho_target: self.rho_target,
+        }
+    }
+
+    /// The per-timestep loss weighting of training.
+    pub fn loss_weighting(&self) -> LossWeighting {
+        match self.loss_weighting {
+            Weighting::Uniform => LossWeighting::Uniform,
+            Weighting::MinSnr => LossWeighting::MinSnr {
+                gamma: self.min_snr_gamma,
+            },
         }
     }
 
@@ -533,6 +608,11 @@ impl ModelConfig {
         if d.time_conditioning {
             decoder += lin(d.time_embed_dim as u128, dd, true) + lin(dd, dd, true);
         }
+        if let (Some(c), Target::Clip | Target::PixelsClip) =
+            (&self.diffusion.clip, self.diffusion.target)
+        {
+            decoder += lin(dd, c.dim as u128, true);
+        }
         let ctx = (d.kind != DecoderKind::Joint).then_some(de);
         let dec_block = block(
             dd,
@@ -740,6 +820,35 @@ impl ModelConfig {
             ));
         }
         d.noise_schedule()?;
+        match (d.target, &d.clip) {
+            (Target::Pixels, _) => {}
+            (_, None) => {
+                return Err(Error::config(
+                    "diffusion.clip",
+                    "a clip target needs the tower's settings (model, dim)",
+                ))
+            }
+            (_, Some(c)) => {
+                if c.dim == 0 || !(c.weight.is_finite() && c.weight > 0.0) {
+                    return Err(Error::config(
+                        "diffusion.clip",
+                        format!("dim {} and weight {} must be positive", c.dim, c.weight),
+                    ));
+                }
+                if self.is_video() || !self.is_diffusion() {
+                    return Err(Error::config(
+                        "diffusion.target",
+                        "CLIP features are a target of image DiffMAE models only",
+                    ));
+                }
+            }
+        }
+        if !(d.min_snr_gamma.is_finite() && d.min_snr_gamma > 0.0) {
+            return Err(Error::config(
+                "diffusion.min_snr_gamma",
+                format!("{} must be positive", d.min_snr_gamma),
+            ));
+        }
         if self.norm_pix_loss && d.prediction != Prediction::X0 && self.is_diffusion() {
             return Err(Error::config(
                 "diffusion.prediction",

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use dmae_diffusion::MaskIndices;
 
 use crate::block::{Block, BlockSpec, KvCache, LayerNorm, Linear};
-use crate::config::{mlp_hidden, CrossSource, DecoderKind, MaskedInput, ModelConfig};
+use crate::config::{mlp_hidden, CrossSource, DecoderKind, MaskedInput, ModelConfig, Target};
 use crate::embed::{pos_embed, TimeEmbed};
 use crate::encoder::{Encoder, EncoderOutput};
 use crate::error::{check_mask, check_shape, Error, Result};
@@ -20,7 +20,8 @@ use crate::params::{Init, ParamStore};
 /// `decoder.patch_embed` (noisy-patch input), `decoder.mask_token (1, 1, Dd)` (mask-token input),
 /// `decoder.time_embed.{fc1, fc2}`, `decoder.blocks.{i}.{norm1, attn.qkv, attn.proj, norm_cross,
 /// cross_attn.q, cross_attn.kv, cross_attn.proj, norm2, mlp.fc1, mlp.fc2}`, `decoder.norm`,
-/// `decoder.pred` (decoder width -> `p·p·C`).
+/// `decoder.pred` (decoder width -> `p·p·C`), `decoder.clip_pred` (decoder width -> CLIP features;
+/// models with a CLIP target only).
 #[derive(Clone, Debug)]
 pub struct Decoder {
     /// Joint, cross or cross-self.
@@ -41,6 +42,8 @@ pub struct Decoder {
     pub norm: LayerNorm,
     /// Decoder width -> pixels per patch.
     pub pred: Linear,
+    /// Decoder width -> CLIP features per patch (models with a CLIP target).
+    pub clip_pred: Option<Linear>,
     cross_source: CrossSource,
     patch_dim: usize,
     num_patches: usize,
@@ -181,6 +184,12 @@ impl Decoder {
             blocks,
             norm: LayerNorm::new(ps, "decoder.norm", d.dim, c.norm_eps)?,
             pred: Linear::new(ps, "decoder.pred", d.dim, c.patch_dim(), true)?,
+            clip_pred: match (&c.diffusion.clip, c.diffusion.target) {
+                (Some(clip), Target::Clip | Target::PixelsClip) => {
+                    Some(Linear::new(ps, "decoder.clip_pred", d.dim, clip.dim, true)?)
+                }
+                _ => None,
+            },
             cross_source: d.cross_source,
             patch_dim: c.patch_dim(),
             num_patches: c.num_patches(),
@@ -289,6 +298,31 @@ impl Decoder {
         mask: &MaskIndices,
         t: &[usize],
     ) -> Result<Tensor> {
+        self.pred.forward(&self.hidden(ctx, x_t, mask, t)?)
+    }
+
+    /// [`Decoder::forward`] and, for models with a CLIP target, the CLIP features of the
+    /// masked patches `(N, Lm, D_clip)` from the same pass.
+    pub fn forward_targets(
+        &self,
+        ctx: &Encoded,
+        x_t: &Tensor,
+        mask: &MaskIndices,
+        t: &[usize],
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let h = self.hidden(ctx, x_t, mask, t)?;
+        let clip = self.clip_pred.as_ref().map(|c| c.forward(&h)).transpose()?;
+        Ok((self.pred.forward(&h)?, clip))
+    }
+
+    /// The normalised output tokens at the masked positions `(N, Lm, Dd)`, before the heads.
+    pub fn hidden(
+        &self,
+        ctx: &Encoded,
+        x_t: &Tensor,
+        mask: &MaskIndices,
+        t: &[usize],
+    ) -> Result<Tensor> {
         let (n, _lv, lm) = check_mask(mask, self.num_patches)?;
         if ctx.batch_size() != n {
             return Err(Error::shape(
@@ -298,7 +332,7 @@ impl Decoder {
             ));
         }
         if self.kind == DecoderKind::Joint {
-            let full = self.forward_joint(ctx, x_t, mask, t)?;
+            let full = self.hidden_joint(ctx, x_t, mask, t)?;
             return Ok(dmae_core::gather_tokens(&full, mask.masked())?);
         }
         let d = self.dim();
@@ -325,12 +359,23 @@ impl Decoder {
         for (b, kv) in self.blocks.iter().zip(kv) {
             x = b.forward(&x, Some(kv), None)?;
         }
-        self.pred.forward(&self.norm.forward(&x)?)
+        self.norm.forward(&x)
     }
 
     /// Joint decoder over the whole sequence: `(N, L, p·p·C)` predictions for every patch (MAE's
     /// and Hugging Face's `logits`), visible ones included.
     pub fn forward_joint(
+        &self,
+        ctx: &Encoded,
+        x_t: &Tensor,
+        mask: &MaskIndices,
+        t: &[usize],
+    ) -> Result<Tensor> {
+        self.pred.forward(&self.hidden_joint(ctx, x_t, mask, t)?)
+    }
+
+    /// The joint decoder's normalised output tokens of every patch `(N, L, Dd)` (cls dropped).
+    fn hidden_joint(
         &self,
         ctx: &Encoded,
         x_t: &Tensor,
@@ -352,7 +397,6 @@ impl Decoder {
         for b in &self.blocks {
             x = b.forward(&x, None, None)?;
         }
-        let out = self.pred.forward(&self.norm.forward(&x)?)?;
-        Ok(out.narrow(1, 1, self.num_patches)?)
+        Ok(self.norm.forward(&x)?.narrow(1, 1, self.num_patches)?)
     }
 }

@@ -99,6 +99,12 @@ impl Inpainting {
                  use the MAE sampler",
             ));
         }
+        if config.diffusion.target == crate::config::Target::Clip {
+            return Err(Error::arg(
+                "model",
+                "was trained on CLIP features only: its pixel head is untrained, it does not inpaint",
+            ));
+        }
         mask.num_masked(config)?;
         let schedule: NoiseSchedule = config.diffusion.noise_schedule()?;
         let range = config.diffusion.data_range;

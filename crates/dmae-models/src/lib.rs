@@ -79,8 +79,8 @@ pub use clip::{
     HfClipVisionConfig,
 };
 pub use config::{
-    Activation, CrossSource, DataRange, DecoderConfig, DecoderKind, DiffusionConfig, EncoderConfig,
-    MaskedInput, ModelConfig, ScheduleKind,
+    Activation, ClipTarget, CrossSource, DataRange, DecoderConfig, DecoderKind, DiffusionConfig,
+    EncoderConfig, MaskedInput, ModelConfig, ScheduleKind, Target, Weighting,
 };
 pub use decoder::{Decoder, Encoded};
 pub use encoder::{Encoder, EncoderOutput};
@@ -91,4 +91,4 @@ pub use inpaint::{InpaintStep, Inpainted, Inpainting, OnStep};
 pub use mask::Masking;
 pub use model::{DiffMae, ModelDenoiser};
 pub use params::NamedParam;
-pub use pretrain::{PretrainBatch, PretrainStep, Pretraining};
+pub use pretrain::{ClipLoss, PretrainBatch, PretrainStep, Pretraining};

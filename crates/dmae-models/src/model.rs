@@ -92,6 +92,21 @@ impl DiffMae {
         self.decoder.forward(ctx, x_t, mask, t)
     }
 
+    /// [`DiffMae::forward`] with the CLIP head's output too (models with a CLIP target):
+    /// `(pixels, Some(features (N, Lm, D_clip)))`.
+    pub fn forward_targets(
+        &self,
+        x0_v: &Tensor,
+        mask: &MaskIndices,
+        x_t: &Tensor,
+        t: &[usize],
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (n, lv, _) = check_mask(mask, self.config.num_patches())?;
+        check_shape("x0_v", x0_v, &[n, lv, self.config.patch_dim()])?;
+        let ctx = self.encode(x0_v, mask)?;
+        self.decoder.forward_targets(&ctx, x_t, mask, t)
+    }
+
     /// The training forward: encodes the visible patches `x0_v (N, Lv, p·p·C)` (what
     /// [`MaskIndices::split`] gives) and decodes the noisy masked ones `x_t (N, Lm, p·p·C)` at
     /// timesteps `t`. The loss compares the result with the masked patches' target.

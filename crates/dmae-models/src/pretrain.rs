@@ -15,18 +15,27 @@
 //! Every draw comes from `(key, sample index)`, so a step is reproducible from `(seed, step)`
 //! alone, whatever the batch split or thread count.
 //!
+//! Models with a CLIP target ([`crate::Target`]) also regress, with a second decoder head, the
+//! patch features of a frozen CLIP tower at the masked positions ([`Pretraining::with_clip`]):
+//! the loss is the pixel loss plus `weight ×` the mean squared feature error.
+//!
 //! Training calls [`Pretraining::backward`]: [`Pretraining::draw`] for the whole batch, then
 //! [`Pretraining::loss_on`] and its backward pass per shard of a [`DataParallel`] split, on the
 //! shards' own threads, with the gradients summed.
 
 use std::ops::Range;
 
-use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
-use dmae_core::DataParallel;
-use dmae_diffusion::{diffuse, MaskIndices, NoiseSchedule, Prediction, RngKey, X0Loss};
+use std::sync::Arc;
 
-use crate::config::{DataRange, ModelConfig};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use dmae_core::DataParallel;
+use dmae_diffusion::{
+    diffuse, LossWeighting, MaskIndices, NoiseSchedule, Prediction, RngKey, X0Loss,
+};
+
+use crate::clip::{ClipFeatureConfig, ClipVision};
+use crate::config::{DataRange, ModelConfig, Target};
 use crate::error::{check_shape, Error, Result};
 use crate::mask::Masking;
 use crate::model::DiffMae;
@@ -42,8 +51,26 @@ pub struct Pretraining {
     pub prediction: Prediction,
     /// How pixels are scaled before noise is added (unused in MAE mode).
     pub data_range: DataRange,
+    /// How the timesteps' losses are weighed (unused in MAE mode).
+    pub weighting: LossWeighting,
     /// The regression loss (its `norm_pix` follows [`ModelConfig::norm_pix_loss`]).
     pub loss: X0Loss,
+    /// What is regressed: pixels, CLIP features or both ([`ModelConfig::diffusion`]).
+    pub target: Target,
+    /// The frozen CLIP tower and its features, for models with a CLIP target
+    /// ([`Pretraining::with_clip`]).
+    pub clip: Option<ClipLoss>,
+}
+
+/// The CLIP part of the objective: a frozen tower, which of its features, and their weight.
+#[derive(Clone, Debug)]
+pub struct ClipLoss {
+    /// The tower (shared: it is large and never trained).
+    pub tower: Arc<ClipVision>,
+    /// Which layer and normalisation.
+    pub features: ClipFeatureConfig,
+    /// Weight of the feature loss against the pixel loss.
+    pub weight: f64,
 }
 
 /// What one step produced: the scalar loss to back-propagate and the draws behind it.
@@ -80,11 +107,40 @@ impl Pretraining {
             schedule: config.diffusion.noise_schedule()?,
             prediction: config.diffusion.prediction,
             data_range: config.diffusion.data_range,
+            weighting: config.diffusion.loss_weighting(),
             loss: X0Loss {
                 norm_pix: config.norm_pix_loss,
                 ..X0Loss::pretraining()
             },
+            target: config.diffusion.target,
+            clip: None,
         })
+    }
+
+    /// The frozen CLIP `tower` of a model with a CLIP target (its features' settings and
+    /// weight from `config.diffusion.clip`); the tower's width must be the model's.
+    pub fn with_clip(mut self, config: &ModelConfig, tower: Arc<ClipVision>) -> Result<Self> {
+        let c =
+            config.diffusion.clip.as_ref().ok_or_else(|| {
+                Error::arg("clip", "the model has no CLIP target (diffusion.clip)")
+            })?;
+        if tower.dim() != c.dim {
+            return Err(Error::arg(
+                "clip",
+                format!(
+                    "the tower's features are {} wide, the model's CLIP head {}",
+                    tower.dim(),
+                    c.dim
+                ),
+            ));
+        }
+        c.features.block(tower.config().num_hidden_layers)?;
+        self.clip = Some(ClipLoss {
+            tower,
+            features: c.features,
+            weight: c.weight,
+        });
+        Ok(self)
     }
 
     /// Every random draw of one step on `images (N, C, H, W)` (clips `(N, C, T, H, W)`), made
@@ -113,12 +169,29 @@ impl Pretraining {
             // The mask-token decoder never reads x_t; zeros keep the ground truth out of it.
             (x0_masked.zeros_like()?, Vec::new(), x0_masked)
         };
+        let clip_target = match (self.target, &self.clip) {
+            (Target::Pixels, _) => None,
+            (_, None) => return Err(Error::arg(
+                "clip",
+                "this model regresses CLIP features: give the tower with Pretraining::with_clip",
+            )),
+            (_, Some(c)) => {
+                let (rows, cols) = config.grid();
+                let grid = dmae_diffusion::PatchGrid::new(rows, cols);
+                let all = c
+                    .tower
+                    .target(&images.to_dtype(DType::F32)?, &c.features, grid)?;
+                let all = all.to_device(images.device())?.to_dtype(images.dtype())?;
+                Some(dmae_core::gather_tokens(&all, mask.masked())?)
+            }
+        };
         Ok(PretrainBatch {
             x0_visible,
             mask,
             x_t,
             t,
             target,
+            clip_target,
         })
     }
 
@@ -138,15 +211,39 @@ impl Pretraining {
                 Error::arg("range", format!("beyond the batch of {}", batch.t.len()))
             })?
         };
-        let pred = model.forward(
+        let (pred, clip_pred) = model.forward_targets(
             &batch.x0_visible.narrow(0, start, len)?,
             &batch.mask.narrow(start, len)?,
             &batch.x_t.narrow(0, start, len)?,
             &t_in,
         )?;
-        let loss = self
-            .loss
-            .compute(&pred, &batch.target.narrow(0, start, len)?)?;
+        let target = batch.target.narrow(0, start, len)?;
+        let pixel_loss = match self.weighting {
+            // Uniform keeps the plain mean (bit-identical to the unweighted loss).
+            LossWeighting::Uniform => self.loss.compute(&pred, &target)?,
+            w if !batch.t.is_empty() => {
+                let weights: Vec<f64> = t_in
+                    .iter()
+                    .map(|&t| w.weight(&self.schedule, self.prediction, t))
+                    .collect();
+                self.loss.compute_weighted(&pred, &target, &weights)?
+            }
+            _ => self.loss.compute(&pred, &target)?,
+        };
+        let loss = match (&batch.clip_target, clip_pred, &self.clip) {
+            (Some(clip_target), Some(clip_pred), Some(c)) => {
+                let clip_target = clip_target.narrow(0, start, len)?;
+                let clip_loss = ((clip_pred - clip_target)?.sqr()?.mean_all()? * c.weight)?;
+                match self.target {
+                    Target::Clip => clip_loss,
+                    _ => (pixel_loss + clip_loss)?,
+                }
+            }
+            (Some(_), None, _) => {
+                return Err(Error::arg("model", "has no CLIP head for its CLIP target"))
+            }
+            _ => pixel_loss,
+        };
         Ok((loss, pred))
     }
 
@@ -200,6 +297,8 @@ pub struct PretrainBatch {
     pub t: Vec<usize>,
     /// The regression target `(N, Lm, P)` (see [`PretrainStep::target`]).
     pub target: Tensor,
+    /// The CLIP features of the masked patches `(N, Lm, D_clip)` (models with a CLIP target).
+    pub clip_target: Option<Tensor>,
 }
 
 #[cfg(test)]

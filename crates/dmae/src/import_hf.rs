@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 /// Whether `s` can only be a filesystem path (a Hub id is `name` or `owner/name`).
-fn looks_like_path(s: &str) -> bool {
+pub(crate) fn looks_like_path(s: &str) -> bool {
     s.starts_with('/')
         || s.starts_with('.')
         || s.starts_with('~')

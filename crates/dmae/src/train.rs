@@ -14,9 +14,12 @@ use clap::Parser;
 use dmae_core::optim::{Ema, LrSchedule, MasterWeights};
 use dmae_core::{AdamWConfig, DataParallel};
 use dmae_data::Batch;
+use dmae_diffusion::Prediction;
 use dmae_diffusion::RngKey;
+use dmae_models::clip::ClipVision;
 use dmae_models::{
-    DecoderKind, DiffMae, Inpainting, Masking, ModelConfig, NamedParam, Pretraining, ScheduleKind,
+    ClipTarget, DataRange, DecoderKind, DiffMae, Inpainting, Masking, ModelConfig, NamedParam,
+    Pretraining, ScheduleKind, Target, Weighting,
 };
 use serde::Serialize;
 
@@ -78,6 +81,32 @@ pub struct Args {
     /// Diffusion steps T (default: the model's, 1000).
     #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub timesteps: Option<u64>,
+    /// What the decoder predicts (default: the model's, x0).
+    #[arg(long, value_name = "KIND", value_parser = ["x0", "eps", "v"])]
+    pub prediction: Option<String>,
+    /// How pixels enter the diffusion: unit ([0, 1]) or symmetric ([-1, 1]) (default: the
+    /// model's, unit).
+    #[arg(long, value_name = "RANGE", value_parser = ["unit", "symmetric"])]
+    pub data_range: Option<String>,
+    /// Timestep loss weighting: uniform, or min-snr (Hang et al. 2023; γ from
+    /// --min-snr-gamma) (default: the model's, uniform).
+    #[arg(long, value_name = "KIND", value_parser = ["uniform", "min-snr"])]
+    pub loss_weighting: Option<String>,
+    /// γ of min-SNR weighting (default: the model's, 5).
+    #[arg(long, value_name = "G", value_parser = positive)]
+    pub min_snr_gamma: Option<f64>,
+    /// What the decoder regresses: pixels (DiffMAE), clip (a frozen CLIP tower's patch
+    /// features, by a second head) or pixels+clip (default: the model's, pixels).
+    #[arg(long, value_name = "TARGET", value_parser = ["pixels", "clip", "pixels+clip"])]
+    pub target: Option<String>,
+    /// The CLIP tower for a clip target: a directory with config.json and model.safetensors, or
+    /// a Hugging Face Hub id such as openai/clip-vit-base-patch16 (HF_HUB_OFFLINE=1 reads only
+    /// the cache) (default: the model's, on --resume).
+    #[arg(long, value_name = "REPO_OR_DIR")]
+    pub clip_model: Option<String>,
+    /// Weight of the CLIP feature loss against the pixel loss (default: the model's, 1).
+    #[arg(long, value_name = "W", value_parser = positive)]
+    pub clip_weight: Option<f64>,
     /// Write an inpainting grid of validation images to samples/ every N steps and at the end
     /// (0 turns it off).
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -91,7 +120,6 @@ pub struct Args {
 /// `--resume`, whose tables go in front of it).
 pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
     // A resumed run starts from its own config.toml; flags still override it.
-    // A resumed run starts from its own config.toml; flags still override it.
     let config_path = args.config.clone();
     let run = args.run.clone();
     let trainer::RunSetup {
@@ -101,8 +129,8 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         mut args,
     } = trainer::setup("train", args, config_path.as_deref(), &run, argv)?;
     let threads = crate::common::set_threads(args.run.threads)?;
-    let config = model_config(&args, &file)?;
     let device = parse_device(&args.run.device)?;
+    let (config, clip) = clip_target(model_config(&args, &file)?, &args, &device)?;
     let compute = args.run.compute_dtype(&device)?;
     let data = open_training(
         &args.data,
@@ -168,6 +196,9 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         ));
     }
     let mut pre = Pretraining::for_config(&config)?;
+    if let Some(tower) = clip {
+        pre = pre.with_clip(&config, tower)?;
+    }
     if let Some(r) = args.mask_ratio {
         pre.mask = Masking::random(&config, r)?;
     }
@@ -223,7 +254,8 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         dir.display()
     );
     println!("{}", data.summary);
-    let preview = if args.sample_every > 0 {
+    // A CLIP-only model has no trained pixel head to inpaint with.
+    let preview = if args.sample_every > 0 && config.diffusion.target != Target::Clip {
         let spec = args.data.parse()?;
         let val = EvalData::open_for_pictures(&spec, &config, args.prep.val_fraction)?;
         let picks = val.pick(PREVIEW_COUNT)?;
@@ -313,11 +345,85 @@ pub fn model_config(args: &Args, file: &ConfigFile) -> Result<ModelConfig> {
     if let Some(t) = args.timesteps {
         c.diffusion.timesteps = t as usize;
     }
+    if let Some(p) = &args.prediction {
+        c.diffusion.prediction = match p.as_str() {
+            "eps" => Prediction::Eps,
+            "v" => Prediction::V,
+            _ => Prediction::X0,
+        };
+    }
+    if let Some(r) = &args.data_range {
+        c.diffusion.data_range = match r.as_str() {
+            "symmetric" => DataRange::Symmetric,
+            _ => DataRange::Unit,
+        };
+    }
+    if let Some(w) = &args.loss_weighting {
+        c.diffusion.loss_weighting = match w.as_str() {
+            "min-snr" => Weighting::MinSnr,
+            _ => Weighting::Uniform,
+        };
+    }
+    if let Some(g) = args.min_snr_gamma {
+        c.diffusion.min_snr_gamma = g;
+    }
     c.validate().map_err(|e| match &file.model {
         Some(_) => Usage(format!("--config {}: [model]: {e}", file.path)),
         None => Usage(format!("--model {}: {e}", args.model)),
     })?;
     Ok(c)
+}
+
+/// The CLIP target of `--target clip|pixels+clip` (or of the model being resumed): loads the
+/// frozen tower (a directory, or a Hub id through the hf-hub cache) and records it with its
+/// width in `config.diffusion.clip`.
+fn clip_target(
+    mut config: ModelConfig,
+    args: &Args,
+    device: &Device,
+) -> Result<(ModelConfig, Option<std::sync::Arc<ClipVision>>)> {
+    let d = &mut config.diffusion;
+    if let Some(t) = &args.target {
+        d.target = match t.as_str() {
+            "clip" => Target::Clip,
+            "pixels+clip" => Target::PixelsClip,
+            _ => Target::Pixels,
+        };
+    }
+    if d.target == Target::Pixels {
+        d.clip = None;
+        return Ok((config, None));
+    }
+    let model = match (&args.clip_model, &d.clip) {
+        (Some(m), _) => m.clone(),
+        (None, Some(c)) => c.model.clone(),
+        (None, None) => bail!(Usage(
+            "--target: a clip target needs --clip-model REPO_OR_DIR (e.g. openai/clip-vit-base-patch16)".into()
+        )),
+    };
+    let path = Path::new(&model);
+    let tower = if path.is_dir() {
+        ClipVision::from_dir(path, device)
+    } else if crate::import_hf::looks_like_path(&model) {
+        bail!("--clip-model {model}: no such directory")
+    } else {
+        ClipVision::from_hf_hub(&model, device)
+    }
+    .map_err(|e| anyhow::anyhow!("--clip-model {model}: {e}"))?;
+    let previous = d.clip.take();
+    d.clip = Some(ClipTarget {
+        model,
+        dim: tower.dim(),
+        features: previous.as_ref().map(|c| c.features).unwrap_or_default(),
+        weight: args
+            .clip_weight
+            .or(previous.map(|c| c.weight))
+            .unwrap_or(1.0),
+    });
+    config
+        .validate()
+        .map_err(|e| Usage(format!("--target: {e}")))?;
+    Ok((config, Some(std::sync::Arc::new(tower))))
 }
 
 /// DiffMAE pre-training as the loop's [`Task`].
