@@ -179,6 +179,42 @@ fn grid_size(rows: u32, cols: u32, side: u32) -> (u32, u32) {
     )
 }
 
+/// The `val_*.png` inpaintings (not trajectories) `dmae sample --data` wrote to `dir`, sorted:
+/// `--count N` takes N samples spread over the classes, so their indices depend on the data.
+fn sampled(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("val_") && n.ends_with(".png") && !n.contains("_trajectory")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A trajectory strip: the grid of `grid_size(rows, cols, side)` under a band with one t label
+/// per column (dark-grey border colour with light text somewhere in it).
+fn assert_labelled_strip(path: &Path, rows: u32, cols: u32, side: u32) {
+    let tr = image::open(path).unwrap().to_rgb8();
+    let (w, h) = grid_size(rows, cols, side);
+    assert_eq!(tr.width(), w, "{}", path.display());
+    let band = tr.height() - h;
+    assert!(
+        (7..=40).contains(&band),
+        "{}: {}x{}, grid {w}x{h}",
+        path.display(),
+        tr.width(),
+        tr.height()
+    );
+    let ink = (0..band)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .filter(|&(x, y)| tr.get_pixel(x, y).0[0] > 150)
+        .count();
+    assert!(ink > 10 * cols as usize, "{}: no t labels", path.display());
+}
+
 #[test]
 fn sample_writes_triptychs_and_trajectories() {
     let f = fixture();
@@ -198,15 +234,22 @@ fn sample_writes_triptychs_and_trajectories() {
         s(&out),
     ]);
     assert!(stdout.contains("ddim 10 steps"), "{stdout}");
-    for i in 0..3 {
-        let img = image::open(out.join(format!("val_{i:05}.png"))).unwrap();
+    let files = sampled(&out);
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        let img = image::open(f).unwrap();
         assert_eq!((img.width(), img.height()), grid_size(1, 3, 28));
-        let tr = image::open(out.join(format!("val_{i:05}_trajectory.png"))).unwrap();
-        assert_eq!((tr.width(), tr.height()), grid_size(1, 10, 28));
+        let stem = f.file_stem().unwrap().to_string_lossy();
+        assert_labelled_strip(
+            &f.with_file_name(format!("{stem}_trajectory.png")),
+            1,
+            10,
+            28,
+        );
     }
     // The masked panel is grey in the centre (center:0.25 = the middle 4 x 4 of 7 x 7 patches)
     // and the ground-truth panel is not.
-    let img = image::open(out.join("val_00000.png")).unwrap().to_rgb8();
+    let img = image::open(&files[0]).unwrap().to_rgb8();
     let (cx, cy) = (2 + 42, 2 + 42);
     assert_eq!(img.get_pixel(cx, cy).0, [128, 128, 128]);
     assert_eq!(img.get_pixel(2, 2).0, img.get_pixel(2 + 2 * (84 + 2), 2).0);
@@ -369,8 +412,7 @@ fn video_sample_writes_a_gif() {
     assert_eq!(frames.len(), 4);
     assert_eq!(frames[0].buffer().dimensions(), grid_size(1, 3, 32));
     assert!(out.join("val_00001_frames/frame_003.png").is_file());
-    let tr = image::open(out.join("val_00001_trajectory.png")).unwrap();
-    assert_eq!((tr.width(), tr.height()), grid_size(4, 4, 32));
+    assert_labelled_strip(&out.join("val_00001_trajectory.png"), 4, 4, 32);
     // Interpolation masks work too; eval scores clips per frame.
     let stdout = ok(&[
         "eval",
@@ -432,7 +474,7 @@ fn import_hf_fixture_round_trips() {
         "--out",
         s(&f.root.join("imp")),
     ]);
-    let img = image::open(f.root.join("imp/val_00000.png")).unwrap();
+    let img = image::open(&sampled(&f.root.join("imp"))[0]).unwrap();
     assert_eq!((img.width(), img.height()), grid_size(1, 3, 32));
     let v: serde_json::Value = serde_json::from_str(
         ok(&[

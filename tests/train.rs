@@ -110,12 +110,16 @@ fn short_train_loss_falls_and_writes_the_run_directory() {
         "optimizer.safetensors",
         "config.toml",
         "metrics.jsonl",
-        "loss.png",
+        "loss.svg",
+        "report.html",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let png = std::fs::read(out.join("loss.png")).unwrap();
-    assert_eq!(&png[1..4], b"PNG");
+    // The plot carries its title, axis labels and ticks (issue 18: the PNG had none).
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    for label in [">Loss</text>", ">step</text>", ">loss</text>"] {
+        assert!(svg.contains(label), "loss.svg lacks {label:?}");
+    }
     // The inpainting grid of the last step: 3 rows (masked, sample, truth) of 8 digits.
     let grid = out.join("samples").join("step_000150.png");
     let (w, h) = image_size(&grid);

@@ -2,7 +2,7 @@
 //!
 //! | stage | spatial | flip | channels |
 //! |---|---|---|---|
-//! | [`Stage::Train`] | random resized crop to `H x W`: area 20-100 % of the image, aspect 3/4-4/3 (MAE's defaults) | left-right with p = 0.5 when `flip` | grey <-> RGB to the model's count |
+//! | [`Stage::Train`] | random resized crop to `H x W`: area 20-100 % of the image, aspect 3/4-4/3 (MAE's defaults); or, [`Pipeline::with_random_crop`]`(false)`, the eval stage's | left-right with p = 0.5 when `flip` | grey <-> RGB to the model's count |
 //! | [`Stage::Eval`] | resize to fill `H x W` + center crop (crop fraction 1) | never | the same |
 //!
 //! Choices, and why:
@@ -16,6 +16,9 @@
 //!   [`crate::Compose::mae_eval`] keeps MAE's version for recognition numbers that must match the paper's protocol.
 //! - **No normalisation**: the models take pixels in `[0, 1]` (per-patch normalisation of the targets is the
 //!   model's `norm_pix_loss`), so sample grids show the model's input as it is.
+//! - **Random crops are optional** ([`Pipeline::with_random_crop`]): a dataset whose images already have the
+//!   model's size (the bundled digits at 28 px) can train on whole images, as MAE-style digit recipes do; a
+//!   crop of 20 % of a digit is rarely still that digit.
 //! - **Flip** is a per-dataset default ([`crate::Dataset::default_flip`]: off for digits) that a caller may
 //!   override.
 //!
@@ -60,6 +63,7 @@ pub struct Pipeline {
     stage: Stage,
     flip: bool,
     crop: RandomResizedCrop,
+    random_crop: bool,
 }
 
 impl Pipeline {
@@ -79,6 +83,7 @@ impl Pipeline {
             stage,
             flip: flip && stage == Stage::Train,
             crop: RandomResizedCrop::new(height, width),
+            random_crop: true,
         })
     }
 
@@ -101,6 +106,19 @@ impl Pipeline {
         }
         self.crop = self.crop.with_scale(lo, hi);
         Ok(self)
+    }
+
+    /// Whether [`Stage::Train`] takes random resized crops (the default) or, with `false`, the whole image as
+    /// [`Stage::Eval`] does (resize to fill + center crop: the identity for images at the output size); the flip
+    /// and the channel conversion stay. No effect on [`Stage::Eval`].
+    pub fn with_random_crop(mut self, random_crop: bool) -> Self {
+        self.random_crop = random_crop;
+        self
+    }
+
+    /// Whether [`Stage::Train`] takes random resized crops.
+    pub fn random_crop(&self) -> bool {
+        self.random_crop && self.stage == Stage::Train
     }
 
     /// Output `[H, W]`.
@@ -136,21 +154,27 @@ impl Pipeline {
         } else {
             "RGB (grey images repeated)"
         };
+        const FILL: &str = "resize to fill + center crop (antialiased bilinear)";
         let spatial = match self.stage {
             Stage::Train => {
                 let (lo, hi) = self.crop.scale;
-                format!(
-                    "random-resized-crop (area {}-{}%, aspect 3/4-4/3, antialiased bilinear), {}",
-                    percent(lo),
-                    percent(hi),
-                    if self.flip {
-                        format!("horizontal flip p={FLIP_P}")
-                    } else {
-                        "no flip".to_string()
-                    }
-                )
+                let crop = if self.random_crop {
+                    format!(
+                        "random-resized-crop (area {}-{}%, aspect 3/4-4/3, antialiased bilinear)",
+                        percent(lo),
+                        percent(hi)
+                    )
+                } else {
+                    format!("no random crop, {FILL}")
+                };
+                let flip = if self.flip {
+                    format!("horizontal flip p={FLIP_P}")
+                } else {
+                    "no flip".to_string()
+                };
+                format!("{crop}, {flip}")
             }
-            Stage::Eval => "resize to fill + center crop (antialiased bilinear)".to_string(),
+            Stage::Eval => FILL.to_string(),
         };
         format!("{}x{} {colour}, {spatial}", self.height, self.width)
     }
@@ -207,7 +231,12 @@ impl Transform for Pipeline {
         };
         sample = match self.stage {
             Stage::Train => {
-                let s = self.crop.apply(sample, rng)?;
+                let s = if self.random_crop {
+                    self.crop.apply(sample, rng)?
+                } else {
+                    let b = self.fill_box(sample.height(), sample.width());
+                    resized_crop(sample, b, self.height, self.width)?
+                };
                 // Draw the flip only when flipping, so the crop draws do not depend on it.
                 if self.flip && rand::Rng::random::<f64>(rng) < FLIP_P {
                     hflip(s)
@@ -309,6 +338,37 @@ mod tests {
         assert!(small.data()[32..31 * 32]
             .iter()
             .all(|v| (v - 0.5).abs() < 1e-5));
+    }
+
+    #[test]
+    fn training_without_random_crops_fills_and_is_the_identity_at_the_output_size() {
+        let p = Pipeline::train([32, 32], 3, false)
+            .unwrap()
+            .with_random_crop(false);
+        assert!(!p.random_crop());
+        let x = ramp(3, 32, 32);
+        for i in 0..8 {
+            assert_eq!(p.apply(x.clone(), &mut sample_rng(3, 1, i)).unwrap(), x);
+        }
+        // Other sizes: exactly the eval pipeline's output; a flip on top when asked.
+        let big = ramp(1, 40, 100);
+        let e = Pipeline::eval([32, 32], 3)
+            .unwrap()
+            .apply(big.clone(), &mut sample_rng(0, 0, 0))
+            .unwrap();
+        assert_eq!(p.apply(big.clone(), &mut sample_rng(5, 0, 0)).unwrap(), e);
+        let f = Pipeline::train([32, 32], 3, true)
+            .unwrap()
+            .with_random_crop(false);
+        let outs: Vec<Sample> = (0..16)
+            .map(|i| f.apply(big.clone(), &mut sample_rng(5, 0, i)).unwrap())
+            .collect();
+        assert!(outs.contains(&e) && outs.iter().any(|o| o != &e));
+        assert!(p.describe().contains("no random crop, resize to fill"));
+        assert!(!Pipeline::eval([8, 8], 1)
+            .unwrap()
+            .with_random_crop(true)
+            .random_crop());
     }
 
     #[test]

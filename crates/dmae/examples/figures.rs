@@ -1,4 +1,5 @@
-//! Writes the figures of the `dmae` library part from the command line, until the command itself does:
+//! Writes the figures of the `dmae` library part from the command line (`dmae train` and `dmae finetune` write
+//! `loss.svg` and `report.html` themselves; this redraws them, e.g. for runs made before they did):
 //!
 //! ```text
 //! cargo run --release -p dmae --example figures -- report RUN_DIR          # RUN_DIR/report.html and loss.svg

@@ -22,12 +22,13 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use dmae_data::{Channels, Dataset, Split};
 use dmae_diffusion::RngKey;
 use dmae_models::{Classifier, ModelConfig};
 use serde_json::{json, Map, Value};
 
-use crate::common::{parse_device, DataSpec};
+use crate::common::{
+    parse_device, unit_open, DataSpec, EvalData, ValSplit, VAL_FRACTION_HELP, VAL_ON_TRAIN_HELP,
+};
 use crate::metrics;
 use crate::sample::{self, InpaintArgs};
 
@@ -46,9 +47,15 @@ pub struct Args {
     /// Classifier (classify) or DiffMAE/MAE (inpaint) checkpoint.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Data SPEC; its validation split is used.
+    /// Data SPEC; its validation split is used: bundled, mnist:DIR, cifar10:DIR (its test batch),
+    /// folder:DIR (DIR/val, or --val-fraction), frames:DIR, moving-mnist[:opts]. Images are
+    /// resized to fill the model's size and center-cropped, and converted to its channels.
     #[arg(long, default_value = "bundled", value_parser = parse_data)]
     pub data: DataArg,
+    #[arg(long, value_name = "F", value_parser = unit_open, help = VAL_FRACTION_HELP)]
+    pub val_fraction: Option<f64>,
+    #[arg(long, help = VAL_ON_TRAIN_HELP, conflicts_with = "val_fraction")]
+    pub val_on_train: bool,
     /// What to measure.
     #[arg(long, value_enum)]
     pub task: Task,
@@ -132,30 +139,29 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The validation split, checked against the network's input shape (images of another size or
-/// channel count are fitted, see [`sample::fit_sample`]).
-fn open_val(spec: &DataSpec, config: &ModelConfig) -> Result<std::sync::Arc<dyn Dataset>> {
-    let channels =
-        Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
-    let ds = spec.open(Split::Val, channels, config.num_frames)?;
-    ensure!(!ds.is_empty(), "--data: the validation split is empty");
-    sample::fit_sample(&ds.get(0)?, config, &Device::Cpu)?;
-    Ok(ds)
+/// The validation split for `config`, its start-up line on stderr (stdout holds the results).
+fn open_val(args: &Args, config: &ModelConfig) -> Result<EvalData> {
+    let val = ValSplit {
+        fraction: args.val_fraction,
+        on_train: args.val_on_train,
+    };
+    let data = EvalData::open(&args.data.spec, config, val)?;
+    eprintln!("{}", data.summary());
+    Ok(data)
 }
 
-/// Samples `range` of `ds` as one batch tensor and their labels.
+/// Samples `range` of `data` as one batch tensor and their labels.
 fn batch(
-    ds: &dyn Dataset,
+    data: &EvalData,
     range: std::ops::Range<usize>,
-    config: &ModelConfig,
     device: &Device,
 ) -> Result<(Tensor, Vec<u32>)> {
     let mut xs = Vec::with_capacity(range.len());
     let mut labels = Vec::with_capacity(range.len());
     for i in range {
-        let s = ds.get(i)?;
-        labels.push(s.label());
-        xs.push(sample::fit_sample(&s, config, device)?);
+        let (x, label) = data.input(i, device)?;
+        labels.push(label);
+        xs.push(x);
     }
     Ok((Tensor::stack(&xs, 0)?, labels))
 }
@@ -178,18 +184,13 @@ fn load_classifier(path: &std::path::Path, device: &Device) -> Result<Classifier
 
 fn classify(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result<()> {
     let clf = load_classifier(&args.checkpoint, device)?;
-    let ds = open_val(&args.data.spec, clf.config())?;
-    let n = args.limit.unwrap_or(usize::MAX).min(ds.len());
+    let ds = open_val(args, clf.config())?;
+    let n = args.limit.unwrap_or(usize::MAX).min(ds.dataset.len());
     ensure!(n > 0, "--limit 0: nothing to evaluate");
     let k = clf.num_classes().min(5);
     let (mut top1, mut topk) = (0, 0);
     for lo in (0..n).step_by(args.batch_size) {
-        let (x, labels) = batch(
-            ds.as_ref(),
-            lo..(lo + args.batch_size).min(n),
-            clf.config(),
-            device,
-        )?;
+        let (x, labels) = batch(&ds, lo..(lo + args.batch_size).min(n), device)?;
         let (a, b) = hits(&clf.forward(&x, None)?, &labels, k)?;
         top1 += a;
         topk += b;
@@ -243,8 +244,11 @@ fn features(clf: &Classifier, x: &Tensor) -> Result<Vec<f64>> {
 fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result<()> {
     let model = sample::load_model(&args.checkpoint, device)?;
     let config = model.config().clone();
-    let ds = open_val(&args.data.spec, &config)?;
-    let n = args.limit.unwrap_or(DEFAULT_INPAINT_LIMIT).min(ds.len());
+    let ds = open_val(args, &config)?;
+    let n = args
+        .limit
+        .unwrap_or(DEFAULT_INPAINT_LIMIT)
+        .min(ds.dataset.len());
     ensure!(n > 0, "--limit 0: nothing to evaluate");
     let (mask_spec, inpainting) = args.inpaint.resolve(&config)?;
     let clf = match &args.feature_classifier {
@@ -266,12 +270,7 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     let (mut clf_hits, mut clf_hits_real) = (0usize, 0usize);
     let (mut feat_fake, mut feat_real) = (Vec::new(), Vec::new());
     for (b, lo) in (0..n).step_by(args.batch_size).enumerate() {
-        let (x, labels) = batch(
-            ds.as_ref(),
-            lo..(lo + args.batch_size).min(n),
-            &config,
-            device,
-        )?;
+        let (x, labels) = batch(&ds, lo..(lo + args.batch_size).min(n), device)?;
         let r = inpainting.run(&model, &x, RngKey::new(args.seed, b as u64))?;
         let (fake, _, h, w) = frames(&r.sample)?;
         let (real, ..) = frames(&r.input)?;
@@ -302,6 +301,11 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     ensure!(scored > 0, "no masked pixels to score");
     out.insert("count".into(), json!(n));
     out.insert("mask".into(), json!(mask_spec.to_string()));
+    // What the mask really hides on this grid (a center block is rounded to whole patches).
+    out.insert(
+        "masked_fraction".into(),
+        json!(inpainting.mask.masked_fraction(&config)?),
+    );
     out.insert("sampler".into(), json!(sample::describe(&inpainting)));
     out.insert("psnr".into(), json!(psnr_sum / scored as f64));
     out.insert("ssim".into(), json!(ssim_sum / scored as f64));

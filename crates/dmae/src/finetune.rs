@@ -14,11 +14,14 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use clap::Parser;
 use dmae_core::optim::{Ema, LrSchedule};
 use dmae_core::{AdamWConfig, DataParallel, Param};
-use dmae_data::{Batch, Channels, Loader, LoaderConfig, Split};
+use dmae_data::{Batch, Loader, LoaderConfig};
 use dmae_models::{Classifier, DiffMae, ModelConfig, Pool};
 use serde::Serialize;
 
-use crate::common::{open_training, parse_device, unit_closed, unit_half_open, DataSpec, LoopArgs};
+use crate::common::{
+    image_size, open_training, parse_device, unit_closed, unit_half_open, DataArgs, DataSpec,
+    EvalData, LoopArgs, ValSplit, VAL_ON_TRAIN_HELP,
+};
 use crate::settings::{self, Usage};
 use crate::trainer::{self, Optimizer, Plan, Task};
 
@@ -39,12 +42,23 @@ pub struct Args {
     /// scratch.
     #[arg(long, value_name = "CKPT|none")]
     pub init: String,
-    /// Data SPEC (its train split trains, its val split evaluates).
+    /// Data SPEC (its train split trains, its val split evaluates): bundled, mnist:DIR,
+    /// cifar10:DIR (val = test batch), folder:DIR (DIR/train + DIR/val, or --val-fraction),
+    /// frames:DIR, moving-mnist[:opts].
     #[arg(long, value_name = "SPEC", default_value = "bundled")]
     pub data: String,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub prep: DataArgs,
+    #[arg(long, help = VAL_ON_TRAIN_HELP)]
+    pub val_on_train: bool,
     /// Model preset for `--init none`.
     #[arg(long, value_name = "PRESET", default_value = "mnist")]
     pub model: String,
+    /// `--init none`: the model's image size N (N x N, a multiple of the patch size) instead of
+    /// the preset's. A checkpoint keeps its own size.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub image_size: Option<u64>,
     /// Linear probe: frozen encoder, only fc_norm and head train (no drop path, no layer decay).
     #[arg(long)]
     pub linear_probe: bool,
@@ -169,7 +183,8 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
     let (config, pretrained) = if args.init == "none" {
         let preset =
             ModelConfig::preset(&args.model).map_err(|e| Usage(format!("--model: {e}")))?;
-        let c = file.model(preset)?;
+        let mut c = file.model(preset)?;
+        image_size(&mut c, args.image_size)?;
         c.validate()
             .map_err(|e| Usage(format!("--model {}: {e}", args.model)))?;
         (c, None)
@@ -177,10 +192,28 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         let m = DiffMae::load(&args.init, &device).map_err(|e| {
             anyhow::anyhow!("--init {}: cannot load the checkpoint: {e}", args.init)
         })?;
+        let size = m.config().image_size;
+        if let Some(n) = args.image_size.filter(|&n| [n as usize; 2] != size) {
+            bail!(Usage(format!(
+                "--image-size {n}: the checkpoint {} is {}x{} (its position embeddings fix the size; \
+                 --image-size is for --init none)",
+                args.init, size[0], size[1]
+            )));
+        }
         (m.config().clone(), Some(m))
     };
-    let data = open_training(&args.data, &config, args.run.batch_size, args.run.seed)?;
-    let val = open_val(&args.data, &config)?;
+    let data = open_training(
+        &args.data,
+        &mut args.prep,
+        &config,
+        args.run.batch_size,
+        args.run.seed,
+    )?;
+    let val_split = ValSplit {
+        fraction: args.prep.val_fraction,
+        on_train: args.val_on_train,
+    };
+    let (val, val_summary) = open_val(&args.data, &config, val_split)?;
     let num_classes = data.loader.dataset().num_classes();
     if num_classes == 0 {
         bail!("--data {}: the dataset has no classes", args.data);
@@ -301,6 +334,7 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         if start > 0 { format!(", resuming from step {start}") } else { String::new() },
         dir.display()
     );
+    println!("{}\n{val_summary}", data.summary);
     let plan = Plan {
         lr,
         accum,
@@ -349,14 +383,14 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-/// The validation split behind a fixed-order loader (full last batch kept).
-fn open_val(spec: &str, config: &ModelConfig) -> Result<Loader> {
+/// The validation split behind a fixed-order loader (full last batch kept) through the
+/// evaluation pipeline, and its start-up line.
+fn open_val(spec: &str, config: &ModelConfig, val: ValSplit) -> Result<(Loader, String)> {
     let spec: DataSpec = spec.parse()?;
-    let channels =
-        Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
-    let val = spec.open(Split::Val, channels, config.num_frames)?;
-    Ok(Loader::from_arc(
-        val,
+    let data = EvalData::open(&spec, config, val)?;
+    let summary = data.summary();
+    let loader = Loader::from_arc(
+        data.dataset,
         LoaderConfig {
             batch_size: 250,
             shuffle: false,
@@ -365,7 +399,9 @@ fn open_val(spec: &str, config: &ModelConfig) -> Result<Loader> {
             prefetch: 1,
             ..LoaderConfig::default()
         },
-    )?)
+    )?
+    .with_transform(data.pipeline);
+    Ok((loader, summary))
 }
 
 /// Classification fine-tuning (or probing) as the loop's [`Task`].
@@ -472,7 +508,7 @@ mod tests {
         cfg.encoder.depth = 2;
         cfg.encoder.heads = 2;
         cfg.decoder.depth = 1;
-        let data = dmae_data::bundled_mnist(Split::Train).unwrap();
+        let data = dmae_data::bundled_mnist(dmae_data::Split::Train).unwrap();
         let loader = Loader::new(
             data,
             LoaderConfig {

@@ -1,5 +1,5 @@
-//! Tensors to pictures and back: image files in at a checkpoint's size, PNG grids and animated
-//! GIFs out.
+//! Tensors to pictures and back: image files in at a checkpoint's size (through dmae-data's
+//! [`Pipeline`]), PNG grids and animated GIFs out.
 //!
 //! Grid layout (used by `dmae sample`, and by training's `samples/` grids): every cell is an
 //! `H x W` image scaled up by the integer factor [`display_scale`] (nearest neighbour, so
@@ -9,9 +9,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use dmae_data::Channels;
+use dmae_data::decode::Planes;
+use dmae_data::rng::sample_rng;
+use dmae_data::{Channels, Pipeline, Sample, Transform};
 use dmae_models::ModelConfig;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::imageops::FilterType;
@@ -32,58 +34,23 @@ pub fn display_scale(height: usize, width: usize) -> u32 {
 
 /// Reads an image file for `config`: decoded by dmae-data (format from the content, truncated
 /// JPEGs refused, errors name the file) into the checkpoint's channels (1 = luma, 3 = RGB),
-/// then fitted to its size ([`fit_image`]). Returns `(C, H, W)` f32 in [0, 1].
+/// then fitted to its size by the evaluation [`Pipeline`] (resize to fill + center crop, the
+/// one resampling implementation of the project). Returns `(C, H, W)` f32 in [0, 1].
 pub fn load_image(path: &Path, config: &ModelConfig, device: &Device) -> Result<Tensor> {
-    let c = config.in_channels;
-    let channels =
-        Channels::from_count(c).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let named = |e: dmae_data::Error| anyhow::anyhow!("{}: {e}", path.display());
+    let channels = Channels::from_count(config.in_channels).map_err(named)?;
     let planes = dmae_data::decode::read_image(path, channels)?;
-    let image = Tensor::from_vec(planes.data, (c, planes.height, planes.width), device)?;
-    let [h, w] = config.image_size;
-    fit_image(&image, c, h, w)
+    fit(planes, config, device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// The pixels of `img` as `channels` planes in [0, 1] (1: Rec. 709 luma, 3: R, G, B), or
-/// `None` for another channel count.
-fn planes(img: &DynamicImage, channels: usize) -> Option<Vec<f32>> {
-    let unit = |v: &u8| f32::from(*v) / 255.0;
-    match channels {
-        1 => Some(img.to_luma8().as_raw().iter().map(unit).collect()),
-        3 => {
-            let rgb = img.to_rgb8();
-            let raw = rgb.as_raw();
-            Some(
-                (0..3)
-                    .flat_map(|c| raw.iter().skip(c).step_by(3).map(unit))
-                    .collect(),
-            )
-        }
-        _ => None,
-    }
-}
-
-/// Fits one `(C, H, W)` image in [0, 1] (C = 1 or 3) to `channels x height x width` (8-bit
-/// round trip, shorter side resized, center crop; grey replicated to RGB, RGB to Rec. 709
-/// luma). Returns the input unchanged when it already fits.
-pub fn fit_image(image: &Tensor, channels: usize, height: usize, width: usize) -> Result<Tensor> {
-    let (c, h, w) = image.dims3().context("fit_image: expected (C, H, W)")?;
-    if (c, h, w) == (channels, height, width) {
-        return Ok(image.clone());
-    }
-    let img = DynamicImage::ImageRgb8(to_rgb8(image)?);
-    let img = if (h, w) == (height, width) {
-        img
-    } else {
-        img.resize_to_fill(width as u32, height as u32, FilterType::CatmullRom)
-    };
-    let Some(data) = planes(&img, channels) else {
-        bail!("cannot convert images to {channels} channels (1 or 3)")
-    };
-    Ok(Tensor::from_vec(
-        data,
-        (channels, height, width),
-        image.device(),
-    )?)
+/// Decoded planes (already in the model's channels) fitted to `config`'s size by the
+/// evaluation [`Pipeline`]: `(C, H, W)` f32 in [0, 1]. Errors do not name the source; callers
+/// add it.
+pub fn fit(planes: Planes, config: &ModelConfig, device: &Device) -> Result<Tensor> {
+    let sample = Sample::image(planes.data, planes.channels, planes.height, planes.width, 0)?;
+    let fitted = Pipeline::eval(config.image_size, config.in_channels)
+        .and_then(|p| p.apply(sample, &mut sample_rng(0, 0, 0)))?;
+    Ok(fitted.to_tensor(device)?)
 }
 
 /// One image `(C, H, W)` (C = 1 or 3, values in [0, 1], clamped) as 8-bit RGB; grey images are

@@ -1,5 +1,5 @@
 //! What a run leaves on disk and shows while it runs: the run directory, `metrics.jsonl`,
-//! `loss.png`, and the progress display (an indicatif bar on a terminal, plain lines otherwise).
+//! `loss.svg` and `report.html`, and the progress display (an indicatif bar on a terminal, plain lines otherwise).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -343,62 +343,33 @@ pub fn truncate_metrics(dir: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
-/// Draws `loss.png`: training loss against step (log y when the loss spans more than a decade),
-/// with validation loss in orange when present. No text, so no font dependency: the axes are the
-/// frame, the x range is 0..last step, the numbers are in `metrics.jsonl`.
-pub fn plot_loss(dir: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let rows = MetricsLog::read(dir)?;
-    let train: Vec<(f64, f64)> = rows
-        .iter()
-        .filter_map(|r| r.loss.filter(|l| *l > 0.0).map(|l| (r.step as f64, l)))
-        .collect();
-    let val: Vec<(f64, f64)> = rows
-        .iter()
-        .filter_map(|r| r.val_loss.filter(|l| *l > 0.0).map(|l| (r.step as f64, l)))
-        .collect();
-    if train.len() < 2 {
-        return Ok(());
+/// The loss plot of a run directory.
+pub const LOSS_PLOT: &str = "loss.svg";
+
+/// Writes the run's figures from `metrics.jsonl`: `loss.svg` (training and validation loss
+/// against the step, with title, axes, ticks, labels, legend, log scale when the loss spans
+/// decades: [`dmae::plot`]) and `report.html` (every metric and the `samples/` grids, offline:
+/// [`dmae::report`]). Both are rewritten whole, atomically, at each checkpoint and preview.
+pub fn write_figures(dir: &Path) -> Result<()> {
+    let metrics = dmae::report::Metrics::read(dir)
+        .with_context(|| format!("cannot read {}", dir.join("metrics.jsonl").display()))?;
+    // plots() puts the loss first when the run logged one.
+    if let Some(loss) = dmae::report::plots(&metrics)
+        .into_iter()
+        .next()
+        .filter(|_| metrics.series.contains_key("loss"))
+    {
+        let path = dir.join(LOSS_PLOT);
+        loss.write(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let all = train.iter().chain(&val);
-    let (lo, hi) = all.fold((f64::INFINITY, 0f64), |(lo, hi), &(_, l)| {
-        (lo.min(l), hi.max(l))
-    });
-    let x_max = train.last().map_or(1.0, |p| p.0).max(1.0);
-    // Drawn in memory and written atomically (write_atomic's temporary, which a resumed run
-    // removes if a kill left it): two processes never share a temporary name.
-    let (w, h) = (640u32, 400u32);
-    let mut pixels = vec![0u8; (w * h * 3) as usize];
-    let draw = |pixels: &mut [u8]| -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = BitMapBackend::with_buffer(pixels, (w, h)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let area = root.margin(10, 10, 10, 10);
-        area.draw(&Rectangle::new([(0, 0), (619, 379)], BLACK.stroke_width(1)))?;
-        if hi / lo > 10.0 {
-            let mut chart = ChartBuilder::on(&area)
-                .build_cartesian_2d(0f64..x_max, (lo * 0.9..hi * 1.1).log_scale())?;
-            chart.draw_series(LineSeries::new(train.iter().copied(), BLUE.stroke_width(2)))?;
-            chart.draw_series(LineSeries::new(
-                val.iter().copied(),
-                RGBColor(255, 140, 0).stroke_width(2),
-            ))?;
-        } else {
-            let pad = (hi - lo).max(1e-12) * 0.05;
-            let mut chart =
-                ChartBuilder::on(&area).build_cartesian_2d(0f64..x_max, (lo - pad)..(hi + pad))?;
-            chart.draw_series(LineSeries::new(train.iter().copied(), BLUE.stroke_width(2)))?;
-            chart.draw_series(LineSeries::new(
-                val.iter().copied(),
-                RGBColor(255, 140, 0).stroke_width(2),
-            ))?;
-        }
-        root.present()?;
-        Ok(())
-    };
-    let path = dir.join("loss.png");
-    draw(&mut pixels).map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
-    let img = image::RgbImage::from_raw(w, h, pixels).context("loss plot buffer size")?;
-    crate::images::save_png(&path, &img)
+    dmae::report::write(dir).with_context(|| {
+        format!(
+            "cannot write {}",
+            dir.join(dmae::report::REPORT_FILE).display()
+        )
+    })?;
+    Ok(())
 }
 
 /// The progress display: an indicatif bar (step/total, loss, lr, img/s, ETA) when stderr is a

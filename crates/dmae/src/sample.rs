@@ -9,11 +9,10 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use dmae_data::{Channels, Split};
 use dmae_diffusion::{MaskStrategy, PatchGrid, PatchMask, ResizeRule, RngKey, SamplerKind};
 use dmae_models::{DiffMae, Inpainted, Inpainting, Masking, ModelConfig};
 
-use crate::common::{parse_device, DataSpec};
+use crate::common::{parse_device, unit_open, DataSpec, EvalData, VAL_FRACTION_HELP};
 use crate::images;
 use crate::settings::Usage;
 
@@ -257,39 +256,57 @@ fn read_inputs(path: &Path, config: &ModelConfig, device: &Device) -> Result<Vec
         .collect()
 }
 
-/// The first `count` validation samples of `spec`.
+/// `count` validation samples of `spec` spread over the classes (the training images when a
+/// folder has no validation split), named `<split>_<index>`, and the data's start-up line.
 pub fn read_data(
     spec: &DataSpec,
     count: usize,
+    fraction: Option<f64>,
     config: &ModelConfig,
     device: &Device,
-) -> Result<Vec<NamedInput>> {
-    let channels =
-        Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
-    let ds = spec.open(Split::Val, channels, config.num_frames)?;
-    (0..count.min(ds.len()))
-        .map(|i| {
-            let s = ds.get(i)?;
-            Ok((format!("val_{i:05}"), fit_sample(&s, config, device)?))
-        })
-        .collect()
+) -> Result<(Vec<NamedInput>, String)> {
+    let data = EvalData::open_for_pictures(spec, config, fraction)?;
+    let inputs = data
+        .pick(count)?
+        .into_iter()
+        .map(|i| Ok((format!("{}_{i:05}", data.split), data.input(i, device)?.0)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((inputs, data.summary()))
 }
 
-/// A dataset sample as the checkpoint's input: as is when the shape matches; images (not
-/// clips) of another size or channel count are fitted with [`images::fit_image`].
-pub fn fit_sample(s: &dmae_data::Sample, config: &ModelConfig, device: &Device) -> Result<Tensor> {
-    let want = config.input_dims();
-    let t = s.to_tensor(device)?;
-    if s.shape() == want.as_slice() {
-        return Ok(t);
+/// `secs` for people: milliseconds under a second, else seconds with one decimal.
+pub fn duration(secs: f64) -> String {
+    if secs < 1.0 {
+        let ms = secs * 1e3;
+        if ms < 10.0 {
+            format!("{ms:.2} ms")
+        } else {
+            format!("{ms:.0} ms")
+        }
+    } else {
+        format!("{secs:.1} s")
     }
-    ensure!(
-        !config.is_video() && !s.is_video() && matches!(s.channels(), 1 | 3),
-        "--data: samples are {:?}, the checkpoint takes {want:?} (C, [T,] H, W)",
-        s.shape()
-    );
-    let [h, w] = config.image_size;
-    images::fit_image(&t, config.in_channels, h, w)
+}
+
+/// `--mask` as typed and the share of the patches it hides on the checkpoint's grid, e.g.
+/// `center:0.25 (36% of the 25 patches masked)`: a center block is rounded to whole patches.
+pub fn describe_mask(
+    spec: &MaskSpec,
+    inpainting: &Inpainting,
+    config: &ModelConfig,
+) -> Result<String> {
+    let f = inpainting.mask.masked_fraction(config)?;
+    Ok(format!(
+        "{spec} ({} of the {} patches masked)",
+        percent(f),
+        config.num_patches()
+    ))
+}
+
+/// A fraction as a percentage with at most one decimal (`36%`, `32.7%`).
+fn percent(f: f64) -> String {
+    let p = format!("{:.1}", f * 100.0);
+    format!("{}%", p.trim_end_matches(".0"))
 }
 
 /// How to inpaint: the mask and the sampler (the same flags in `dmae sample` and `dmae eval`).
@@ -348,12 +365,17 @@ pub struct Args {
     /// An image file, or a directory of them (resized/cropped to the checkpoint's size).
     #[arg(long, required_unless_present = "data", conflicts_with = "data")]
     pub input: Option<PathBuf>,
-    /// Validation samples of a data SPEC instead of files (bundled, mnist:DIR, moving-mnist[...]).
-    #[arg(long)]
+    /// Validation samples of a data SPEC instead of files: bundled, mnist:DIR, cifar10:DIR (its
+    /// test batch), folder:DIR (DIR/val, a --val-fraction hold-out, else the training images),
+    /// frames:DIR, moving-mnist[:opts].
+    #[arg(long, value_name = "SPEC")]
     pub data: Option<DataSpec>,
-    /// With --data: how many samples (the first N of the validation split).
+    /// With --data: how many samples, spread over the classes (class 0's first, class 1's first,
+    /// ..., then the second of each).
     #[arg(long, default_value_t = 8)]
     pub count: usize,
+    #[arg(long, value_name = "F", value_parser = unit_open, help = VAL_FRACTION_HELP, requires = "data")]
+    pub val_fraction: Option<f64>,
     #[command(flatten)]
     pub inpaint: InpaintArgs,
     /// Seed of the masks and the sampler noise.
@@ -386,7 +408,12 @@ pub fn run(args: Args) -> Result<()> {
     let inpainting = inpainting.with_trajectory(args.trajectory);
     let inputs = match (&args.input, &args.data) {
         (Some(p), _) => read_inputs(p, &config, &device)?,
-        (None, Some(spec)) => read_data(spec, args.count, &config, &device)?,
+        (None, Some(spec)) => {
+            let (inputs, summary) =
+                read_data(spec, args.count, args.val_fraction, &config, &device)?;
+            println!("{summary}");
+            inputs
+        }
         (None, None) => bail!("give --input IMG|DIR or --data SPEC"),
     };
     ensure!(!inputs.is_empty(), "no input to sample");
@@ -403,10 +430,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "sampled {} input(s) in {secs:.3} s ({:.3} s each): {}, mask {mask_spec}, seed {}",
+        "sampled {} input(s) in {} ({} each): {}, mask {}, seed {}",
         inputs.len(),
-        secs / inputs.len() as f64,
+        duration(secs),
+        duration(secs / inputs.len() as f64),
         describe(&inpainting),
+        describe_mask(&mask_spec, &inpainting, &config)?,
         args.seed
     );
     if args.trajectory {
@@ -437,6 +466,11 @@ fn write_one(out: &Path, name: &str, r: &Inpainted, i: usize, video: bool) -> Re
     let masked_input = images::grey_out(&r.input, &r.pixel_mask)?;
     let (masked, sample, truth) = (one(&masked_input)?, one(&r.sample)?, one(&r.input)?);
     let steps = spaced(r.trajectory.len(), TRAJECTORY_COLUMNS);
+    // Trajectory strips carry their timesteps over the columns.
+    let t_labels =
+        dmae::label::timestep_labels(&steps.iter().map(|&k| r.trajectory[k].0).collect::<Vec<_>>());
+    let labelled =
+        |grid: &image::RgbImage| dmae::label::label_columns(grid, &t_labels, images::GRID_PAD);
     let mut paths = Vec::new();
     if !video {
         let p = out.join(format!("{name}.png"));
@@ -448,7 +482,8 @@ fn write_one(out: &Path, name: &str, r: &Inpainted, i: usize, video: bool) -> Re
                 .map(|&k| one(&r.trajectory[k].1))
                 .collect::<Result<Vec<_>>>()?;
             let p = out.join(format!("{name}_trajectory.png"));
-            images::write_grid(&p, &[Tensor::cat(&row, 0)?])?;
+            let grid = images::grid_image(&[Tensor::cat(&row, 0)?])?;
+            images::save_png(&p, &labelled(&grid))?;
             paths.push(p);
         }
         return Ok(paths);
@@ -484,7 +519,7 @@ fn write_one(out: &Path, name: &str, r: &Inpainted, i: usize, video: bool) -> Re
             })
             .collect::<Result<Vec<_>>>()?;
         let p = out.join(format!("{name}_trajectory.png"));
-        images::write_grid(&p, &rows)?;
+        images::save_png(&p, &labelled(&images::grid_image(&rows)?))?;
         paths.push(p);
     }
     Ok(paths)

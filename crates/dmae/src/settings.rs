@@ -135,17 +135,22 @@ impl ConfigFile {
                 }
             }
         }
-        command
+        // A flag required on the command line (finetune's `--init`) may be missing from the file.
+        match command
             .clone()
             .no_binary_name(true)
             .try_get_matches_from(&args)
-            .map_err(|e| {
-                Usage(format!(
+        {
+            Err(e) if e.kind() != clap::error::ErrorKind::MissingRequiredArgument => {
+                return Err(Usage(format!(
                     "--config {}: [{section}]: {}",
                     self.path,
                     clap_line(&e)
                 ))
-            })?;
+                .into())
+            }
+            _ => {}
+        }
         Ok(args)
     }
 }
@@ -195,11 +200,12 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// The first line of a clap error without its `error: ` prefix.
+/// The first paragraph of a clap error on one line, without its `error: ` prefix (a missing
+/// required flag is named on the lines after the first).
 fn clap_line(e: &clap::Error) -> String {
     let text = e.to_string();
-    let line = text.lines().next().unwrap_or("").trim();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    let line = one_line(&text.split("\n\n").next().unwrap_or(""));
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
 
 /// `e` as one line, with numbers over 24 characters written short (serde prints the float
@@ -329,6 +335,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("d.toml"), "{e}");
+    }
+
+    /// `finetune --config` used to fail ("required arguments were not provided") because its
+    /// table was checked without the command line's `--init`.
+    #[test]
+    fn a_table_without_a_required_flag_layers_under_the_command_line() {
+        #[derive(clap::Parser, Debug)]
+        struct Cmd {
+            #[arg(long)]
+            init: String,
+            #[arg(long, default_value_t = 1)]
+            steps: u64,
+        }
+        let f = ConfigFile::parse("[finetune]\nsteps = 3\n", "f.toml", "finetune").unwrap();
+        let c: Cmd = layered("finetune", &f, &["--init".into(), "none".into()]).unwrap();
+        assert_eq!((c.init.as_str(), c.steps), ("none", 3));
+        let e = layered::<Cmd>("finetune", &f, &[]).unwrap_err().to_string();
+        assert!(e.contains("--init"), "{e}");
+        let bad = ConfigFile::parse("[finetune]\nsteps = -1\n", "g.toml", "finetune").unwrap();
+        let e = layered::<Cmd>("finetune", &bad, &["--init".into(), "x".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("g.toml"), "{e}");
     }
 }
 

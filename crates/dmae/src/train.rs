@@ -23,7 +23,9 @@ use dmae_models::{
 };
 use serde::Serialize;
 
-use crate::common::{open_training, parse_device, positive, unit_open, LoopArgs};
+use crate::common::{
+    image_size, open_training, parse_device, positive, unit_open, DataArgs, EvalData, LoopArgs,
+};
 use crate::settings::{self, ConfigFile, Usage};
 use crate::trainer::{self, Optimizer, Plan, Task};
 
@@ -45,12 +47,22 @@ pub struct Args {
     #[arg(long, value_name = "FILE.toml")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Data SPEC: bundled, mnist:DIR, cifar10:DIR, folder:DIR, frames:DIR, moving-mnist[:opts].
+    /// Data SPEC: bundled, mnist:DIR, cifar10:DIR, folder:DIR (any image sizes, grey or colour:
+    /// DIR/<class>/*.png|jpg, or DIR/train/<class>/... with DIR/val/<class>/...), frames:DIR,
+    /// moving-mnist[:opts].
     #[arg(long, value_name = "SPEC", default_value = "bundled")]
     pub data: String,
-    /// Model preset: mnist, mnist-small, moving-mnist, tiny, small, base, large, huge.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub prep: DataArgs,
+    /// Model preset: mnist, mnist-small, moving-mnist, tiny-32, tiny-64, tiny, small, base,
+    /// large, huge.
     #[arg(long, value_name = "PRESET", default_value = "mnist")]
     pub model: String,
+    /// The model's image size N (N x N pixels; a multiple of the patch size), instead of the
+    /// preset's; every image is cropped or resized to it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub image_size: Option<u64>,
     /// Decoder design (paper § 3.2).
     #[arg(long, value_name = "KIND", value_parser = ["joint", "cross", "cross-self"])]
     pub decoder: Option<String>,
@@ -136,7 +148,13 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         serde_json::to_string(&config)?,
     );
     let compute = args.run.compute_dtype(&device)?;
-    let data = open_training(&args.data, &config, args.run.batch_size, args.run.seed)?;
+    let data = open_training(
+        &args.data,
+        &mut args.prep,
+        &config,
+        args.run.batch_size,
+        args.run.seed,
+    )?;
     let (loader, per_epoch) = (&data.loader, data.batches_per_epoch);
     let accum = args.run.accum_steps;
     let total = args.run.total_steps(DEFAULT_STEPS, per_epoch);
@@ -251,11 +269,24 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         if start > 0 { format!(" from step {start}") } else { String::new() },
         dir.display()
     );
+    println!("{}", data.summary);
     // A CLIP-only model has no trained pixel head to inpaint with.
     let preview = if args.sample_every > 0 && config.diffusion.target != Target::Clip {
         let spec = args.data.parse()?;
-        let inputs = crate::sample::read_data(&spec, PREVIEW_COUNT, &config, &device)?;
-        let inputs: Vec<Tensor> = inputs.into_iter().map(|(_, t)| t).collect();
+        let val = EvalData::open_for_pictures(&spec, &config, args.prep.val_fraction)?;
+        let picks = val.pick(PREVIEW_COUNT)?;
+        println!(
+            "previews: {} {} images across the classes, every {} steps and at the end, in {}; from {}",
+            picks.len(),
+            val.split,
+            args.sample_every,
+            dir.join("samples").display(),
+            val.origin
+        );
+        let inputs = picks
+            .iter()
+            .map(|&i| Ok(val.input(i, &device)?.0))
+            .collect::<Result<Vec<_>>>()?;
         Some(Tensor::stack(&inputs, 0)?)
     } else {
         None
@@ -308,6 +339,7 @@ fn vars(params: &[NamedParam]) -> Vec<Var> {
 pub fn model_config(args: &Args, file: &ConfigFile) -> Result<ModelConfig> {
     let preset = ModelConfig::preset(&args.model).map_err(|e| Usage(format!("--model: {e}")))?;
     let mut c = file.model(preset)?;
+    image_size(&mut c, args.image_size)?;
     if let Some(d) = &args.decoder {
         c.decoder.kind = match d.as_str() {
             "joint" => DecoderKind::Joint,
@@ -467,7 +499,9 @@ impl Task for Pretrain {
             })
             .collect::<candle_core::Result<_>>()?;
         let path = dir.join("samples").join(format!("step_{step:06}.png"));
-        crate::images::write_grid(&path, &rows)
+        crate::images::write_grid(&path, &rows)?;
+        // The report lists the grids: the last one is written after the last checkpoint.
+        crate::run_dir::write_figures(dir)
     }
 }
 

@@ -315,7 +315,7 @@ pub fn run(
                 a.saved = Some(step);
             }
             drop(active);
-            run_dir::plot_loss(dir)?;
+            run_dir::write_figures(dir)?;
         }
         if plan.sample_every > 0 && (step % plan.sample_every == 0 || step == total) {
             task.preview(dir, step)?;

@@ -6,18 +6,17 @@ use std::collections::VecDeque;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use dmae_data::{Channels, Dataset, Split};
+use dmae_data::Channels;
 use dmae_diffusion::{MaskStrategy, PatchGrid, RngKey};
 use dmae_models::ModelConfig;
 use serde::Serialize;
 
-use crate::common::DataSpec;
+use crate::common::{DataSpec, EvalData};
 use crate::images;
-use crate::sample::fit_sample;
 
 /// Largest upload in pixels (a 4096 x 4096 photo): decoding is bounded by the body size and
 /// by this, whatever a PNG header announces.
@@ -52,8 +51,7 @@ impl InputId {
 /// The validation split the page offers as inputs.
 pub struct Gallery {
     name: String,
-    data: Arc<dyn Dataset>,
-    config: ModelConfig,
+    data: EvalData,
     device: Device,
 }
 
@@ -71,19 +69,13 @@ impl Gallery {
             Some(s) => (spec_name(s), s.clone()),
             None => default_spec(checkpoint, config)?,
         };
-        let channels =
-            Channels::from_count(config.in_channels).map_err(|e| anyhow::anyhow!("--data: {e}"))?;
-        let data = spec
-            .open(Split::Val, channels, config.num_frames)
+        // As `dmae sample --data` reads it: the validation split, or a folder's training images
+        // when it has none (EvalData::summary says which).
+        let data = EvalData::open_for_pictures(&spec, config, None)
             .with_context(|| format!("gallery {name}"))?;
-        ensure!(
-            !data.is_empty(),
-            "gallery {name}: the validation split is empty"
-        );
         let gallery = Self {
             name,
             data,
-            config: config.clone(),
             device: device.clone(),
         };
         // A dataset of another shape fails here, at start, not on the first click.
@@ -98,7 +90,7 @@ impl Gallery {
 
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.data.dataset.len()
     }
 
     /// Sample `i` at the model's input shape `(C, [T,] H, W)`.
@@ -108,8 +100,11 @@ impl Gallery {
             "val-{i}: the gallery has {} samples",
             self.len()
         );
-        let sample = self.data.get(i).with_context(|| format!("val-{i}"))?;
-        fit_sample(&sample, &self.config, &self.device)
+        let (input, _label) = self
+            .data
+            .input(i, &self.device)
+            .with_context(|| format!("val-{i}"))?;
+        Ok(input)
     }
 }
 
@@ -209,9 +204,8 @@ impl Uploads {
         let c = self.config.in_channels;
         let channels = Channels::from_count(c).map_err(|e| anyhow::anyhow!("{e}"))?;
         let planes = dmae_data::decode::decode_image(bytes, Path::new("upload"), channels)?;
-        let image = Tensor::from_vec(planes.data, (c, planes.height, planes.width), &self.device)?;
+        let image = images::fit(planes, &self.config, &self.device)?;
         let [mh, mw] = self.config.image_size;
-        let image = images::fit_image(&image, c, mh, mw)?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.push_back((id, image));
