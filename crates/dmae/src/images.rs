@@ -7,8 +7,6 @@
 //! grey, so a grid of `r` rows and `c` columns is `c·s·W + (c+1)·GRID_PAD` pixels wide and
 //! `r·s·H + (r+1)·GRID_PAD` high.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -160,8 +158,12 @@ pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    img.save_with_format(path, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", path.display()))
+    // Encoded in memory, then written atomically: a killed run never leaves half a PNG.
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    dmae_models::write_atomic(path, &png)?;
+    Ok(())
 }
 
 /// Writes `frames` as an endlessly looping animated GIF, `delay_ms` per frame.
@@ -170,19 +172,23 @@ pub fn write_gif(path: &Path, frames: &[RgbImage], delay_ms: u32) -> Result<()> 
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let file = File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    let mut enc = GifEncoder::new_with_speed(BufWriter::new(file), 10);
-    enc.set_repeat(Repeat::Infinite)?;
-    for f in frames {
-        let rgba = DynamicImage::ImageRgb8(f.clone()).to_rgba8();
-        enc.encode_frame(Frame::from_parts(
-            rgba,
-            0,
-            0,
-            Delay::from_numer_denom_ms(delay_ms, 1),
-        ))
-        .with_context(|| format!("cannot encode {}", path.display()))?;
+    // Encoded in memory, then written atomically, as save_png.
+    let mut gif = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut gif, 10);
+        enc.set_repeat(Repeat::Infinite)?;
+        for f in frames {
+            let rgba = DynamicImage::ImageRgb8(f.clone()).to_rgba8();
+            enc.encode_frame(Frame::from_parts(
+                rgba,
+                0,
+                0,
+                Delay::from_numer_denom_ms(delay_ms, 1),
+            ))
+            .with_context(|| format!("cannot encode {}", path.display()))?;
+        }
     }
+    dmae_models::write_atomic(path, &gif)?;
     Ok(())
 }
 
