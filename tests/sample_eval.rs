@@ -595,7 +595,8 @@ fn bad_inputs_fail_with_one_error_line() {
             "--out",
             s(&out),
         ],
-        1,
+        // A flag that cannot be used with this checkpoint: a usage error, like --mask stripes.
+        2,
         "MAE checkpoint",
     );
 }

@@ -586,6 +586,265 @@ fn the_noise_schedule_of_training_travels_to_sampling() {
     assert!(one_error_line(&e).contains("diffusion.timesteps"));
 }
 
+/// Issue 19, the command's half: values out of range, an empty import source, and an error
+/// with `RUST_BACKTRACE` set are one line with exit 2 (or 1 for a missing file); a run that
+/// fails before its first checkpoint leaves no directory behind to block the rerun.
+#[test]
+fn hostile_values_are_usage_errors_and_failed_runs_leave_nothing() {
+    let root = tmp("hostile");
+    let out = root.join("run");
+    // Thread counts above dmae_core::MAX_THREADS used to spawn threads without end.
+    let e = dmae(&["train", "--threads", "100000", "--out", s(&out)]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("1024"));
+    for args in [
+        &["train", "--device", "tpu"][..],
+        &["train", "--model", "gigantic"],
+        &["train", "--data", "imagenet:/x"],
+        &["train", "--data", "moving-mnist:canvas=100000"],
+    ] {
+        let e = dmae(&[args, &["--out", s(&out)]].concat());
+        assert_eq!(e.status.code(), Some(2), "{args:?}");
+        one_error_line(&e);
+        // Fresh and failed before a checkpoint: the directory it made is gone.
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+    let e = dmae(&["import-hf", "", "--out", s(&root.join("m.safetensors"))]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(one_error_line(&e).contains("empty"));
+    // candle puts a backtrace in its errors when RUST_BACKTRACE is set: still one line.
+    let cut = root.join("cut.safetensors");
+    std::fs::write(&cut, b"\x08\0\0\0\0\0\0\0{}").unwrap();
+    let e = Command::new(env!("CARGO_BIN_EXE_dmae"))
+        .args(["finetune", "--init", s(&cut), "--out", s(&out)])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(e.status.code(), Some(1));
+    let line = one_error_line(&e);
+    // Each cause once ("X: X" was common).
+    let parts: Vec<&str> = line.split(": ").collect();
+    assert!(parts.windows(2).all(|w| w[0] != w[1]), "{line}");
+    assert!(!out.exists());
+}
+
+/// Issue 19 case 6: a step whose gradient overflows is not applied, so the optimiser state on
+/// disk stays finite and the last good checkpoint resumes (with --clip-grad bounding the
+/// gradient that overflowed). A fresh run that fails before its first checkpoint is removed.
+#[test]
+fn a_diverging_step_is_not_applied_and_the_last_checkpoint_resumes() {
+    let root = tmp("nan");
+    let cfg = small_config(&root);
+    let out = root.join("run");
+    let args = |save: &str| {
+        [
+            "train",
+            "--config",
+            s(&cfg),
+            "--lr",
+            "1e3",
+            "--steps",
+            "50",
+            "--log-every",
+            "1",
+            "--save-every",
+            save,
+            "--out",
+            s(&out),
+        ]
+        .map(str::to_string)
+    };
+    let e = Command::new(env!("CARGO_BIN_EXE_dmae"))
+        .args(args("1000"))
+        .output()
+        .unwrap();
+    assert_eq!(e.status.code(), Some(1));
+    assert!(one_error_line(&e).contains("no checkpoint written yet"));
+    assert!(!out.exists(), "a run without a checkpoint was left behind");
+    let e = Command::new(env!("CARGO_BIN_EXE_dmae"))
+        .args(args("1"))
+        .output()
+        .unwrap();
+    assert_eq!(e.status.code(), Some(1));
+    let line = one_error_line(&e);
+    assert!(line.contains("was not applied"), "{line}");
+    let last = losses(&out).last().unwrap().0;
+    assert!(
+        line.contains(&format!("last good checkpoint: step {last} in")),
+        "{line}"
+    );
+    // Every AdamW moment on disk is finite (343,294 were +inf before).
+    let state =
+        candle_core::safetensors::load(out.join("optimizer.safetensors"), &Device::Cpu).unwrap();
+    for (name, t) in state {
+        let sum = t
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(sum.is_finite(), "{name} holds non-finite values");
+    }
+    let stop = (last + 2).to_string();
+    let common = ["train", "--resume", "--out", s(&out), "--lr", "1e-3"];
+    ok(&[&common[..], &["--clip-grad", "1", "--stop-at", &stop]].concat());
+    assert_eq!(losses(&out).last().unwrap().0, last + 2);
+}
+
+/// Issue 19 cases 7, 8 and 10: a run directory in use is refused naming the process; a lock
+/// left by a dead process and the temporaries a killed process left are taken over and removed;
+/// a resumed run refuses changed settings naming them.
+#[test]
+fn run_directories_are_locked_and_resume_keeps_the_run_settings() {
+    let root = tmp("lock");
+    let run = root.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for f in [
+        "config.toml",
+        "checkpoint.safetensors",
+        "optimizer.safetensors",
+        "metrics.jsonl",
+    ] {
+        std::fs::copy(trained().join(f), run.join(f)).unwrap();
+    }
+    let lock = run.join(".lock");
+    {
+        let held = std::fs::File::create(&lock).unwrap();
+        held.try_lock().unwrap();
+        std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+        let e = dmae(&["train", "--resume", "--out", s(&run), "--steps", "200"]);
+        assert_eq!(e.status.code(), Some(1));
+        let line = one_error_line(&e);
+        assert!(
+            line.contains(&format!("in use by process {}", std::process::id())),
+            "{line}"
+        );
+    }
+    // A dead process's lock and temporaries.
+    std::fs::write(&lock, "999999999\n").unwrap();
+    let stale = run.join(".optimizer.safetensors.tmp-999999999");
+    std::fs::write(&stale, b"half").unwrap();
+    for (flag, value) in [
+        ("--batch-size", "16"),
+        ("--data", "mnist:/x"),
+        ("--mae", ""),
+    ] {
+        let mut args = vec!["train", "--resume", "--out", s(&run), flag];
+        if !value.is_empty() {
+            args.push(value);
+        }
+        let e = dmae(&args);
+        assert_eq!(e.status.code(), Some(2), "{flag}");
+        let line = one_error_line(&e);
+        assert!(
+            line.contains(flag) && line.contains("resumed run keeps"),
+            "{line}"
+        );
+    }
+    ok(&[
+        "train",
+        "--resume",
+        "--out",
+        s(&run),
+        "--steps",
+        "200",
+        "--stop-at",
+        "151",
+    ]);
+    assert!(!stale.exists(), "the stale temporary was not removed");
+    assert_eq!(losses(&run).last().unwrap().0, 151);
+    // Another run's optimiser state is refused by name.
+    let other = root.join("other");
+    ok(&[
+        "train",
+        "--config",
+        s(&small_config(&root)),
+        "--batch-size",
+        "16",
+        "--steps",
+        "1",
+        "--sample-every",
+        "0",
+        "--out",
+        s(&other),
+    ]);
+    std::fs::copy(
+        other.join("optimizer.safetensors"),
+        run.join("optimizer.safetensors"),
+    )
+    .unwrap();
+    let e = dmae(&["train", "--resume", "--out", s(&run), "--steps", "200"]);
+    assert_ne!(e.status.code(), Some(0));
+    assert!(one_error_line(&e).contains("batch-size"));
+}
+
+/// Issue 19 case 5: a second Ctrl-C stops at once, but never leaves a temporary or a
+/// checkpoint that does not resume: exit 130 when the step it stopped at is saved, else 3 with
+/// the run's last consistent state (for a run without a checkpoint yet: no directory).
+#[test]
+fn a_second_ctrl_c_leaves_a_consistent_run_directory() {
+    let root = tmp("sigint2");
+    let cfg = small_config(&root);
+    let out = root.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_dmae"))
+        .args([
+            "train",
+            "--config",
+            s(&cfg),
+            "--steps",
+            "5000",
+            "--log-every",
+            "1",
+            "--save-every",
+            "4000",
+            "--out",
+            s(&out),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !out.join("metrics.jsonl").is_file() || losses(&out).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no step logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    match done.status.code() {
+        Some(130) => {
+            assert!(err.contains("checkpoint saved"), "{err}");
+            let names: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                names.iter().all(|n| !n.contains(".tmp")),
+                "temporaries left: {names:?}"
+            );
+            let last = losses(&out).last().unwrap().0;
+            let stop = (last + 1).to_string();
+            ok(&["train", "--resume", "--out", s(&out), "--stop-at", &stop]);
+        }
+        Some(3) => {
+            assert!(err.contains("second Ctrl-C"), "{err}");
+            assert!(!out.exists(), "an unsaved fresh run was left behind");
+        }
+        code => panic!("exit {code:?}: {err}"),
+    }
+}
+
 /// DiffMAE + CLIP (the paper's second target): the pixel+clip loss falls on the bundled digits
 /// with the committed tiny CLIP tower; the checkpoint keeps the choice and still inpaints and
 /// fine-tunes; a missing or non-CLIP tower is refused with one line.
@@ -627,6 +886,21 @@ fn pixels_and_clip_features_train_together() {
     let clip = d.clip.as_ref().unwrap();
     assert_eq!((clip.dim, clip.weight), (32, 0.5));
     assert!(m.decoder.clip_pred.is_some());
+    // It resumes (its config.toml holds [model.diffusion.clip]) and keeps its target.
+    ok(&["train", "--resume", "--out", s(&out), "--steps", "61"]);
+    assert_eq!(losses(&out).last().unwrap().0, 61);
+    let e = dmae(&[
+        "train",
+        "--resume",
+        "--out",
+        s(&out),
+        "--steps",
+        "62",
+        "--target",
+        "pixels",
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(one_error_line(&e).starts_with("error: --target: "));
     ok(&[
         "sample",
         "--checkpoint",

@@ -18,6 +18,8 @@ enum BenchCommand {
     Data(crate::bench_data::DataBenchArgs),
     /// The pre-training step (forward, backward, AdamW), optionally beside the PyTorch reference.
     Train(crate::bench_train::TrainArgs),
+    /// Inpainting through `dmae serve` (HTTP, steps streamed) against `dmae sample`.
+    Serve(crate::bench_serve::ServeArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -26,5 +28,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Ops(a) => crate::bench_ops::run(a),
         BenchCommand::Sample(a) => crate::bench_sample::run(a),
         BenchCommand::Train(a) => crate::bench_train::run(a),
+        BenchCommand::Serve(a) => crate::bench_serve::run(a),
     }
 }

@@ -39,9 +39,11 @@ pub struct TrainArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// CPU threads (rayon, gemm and candle's pool); default all cores.
-    #[arg(long)]
-    threads: Option<usize>,
+    /// CPU threads (rayon, gemm and candle's pool); default all cores. A list (`--threads 1,2`)
+    /// runs the whole command once per count, each in its own process, and ends with a table of
+    /// every count's ratios.
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -69,8 +71,14 @@ struct Measured {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    for &n in &args.threads {
+        dmae_core::check_threads(n)?;
+    }
+    if args.threads.len() > 1 {
+        return run_per_thread_count(&args.threads);
+    }
     // Before any tensor op: thread count and candle's pool spin limit (see dmae_core::configure_threads).
-    let threads = dmae_core::configure_threads(args.threads);
+    let threads = dmae_core::configure_threads(args.threads.first().copied());
     let dev = crate::device(&args.device)?;
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
@@ -113,7 +121,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let gflops = flops * ours.img_per_s / 1e9;
     if args.json {
         println!(
-            "{{\"model\":\"{}\",\"device\":\"{}\",\"dtype\":\"{}\",\"batch\":{},\"steps\":{},\"threads\":{threads},\"img_per_s\":{:.1},\"step_ms_median\":{:.2},\"step_ms_p90\":{:.2},\"loss\":{},\"peak_rss_mib\":{},\"flops_per_image\":{flops:.0},\"gflop_per_s\":{gflops:.2},\"torch_img_per_s\":{},\"ratio\":{},\"sample_s\":{},\"torch_sample_s\":{}}}",
+            "{{\"model\":\"{}\",\"device\":\"{}\",\"dtype\":\"{}\",\"batch\":{},\"steps\":{},\"threads\":{threads},\"img_per_s\":{:.1},\"step_ms_median\":{:.2},\"step_ms_p90\":{:.2},\"loss\":{},\"peak_rss_mib\":{},\"flops_per_image\":{flops:.0},\"gflop_per_s\":{gflops:.2},\"torch_img_per_s\":{},\"ratio\":{},\"sample_s\":{},\"torch_sample_s\":{},\"torch_peak_rss_mib\":{}}}",
             args.model,
             args.device,
             args.dtype,
@@ -128,6 +136,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             torch.as_ref().map_or("null".into(), |t| format!("{:.3}", ours.img_per_s / t.img_per_s)),
             sample_s.map_or("null".into(), |s| format!("{s:.3}")),
             torch.as_ref().map_or("null".into(), |t| format!("{:.3}", t.sample_s)),
+            torch.as_ref().and_then(|t| t.peak_rss_kib).map_or("null".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
         );
         return Ok(());
     }
@@ -294,6 +303,68 @@ fn measure(
         loss,
         phases_ms,
     })
+}
+
+/// `--threads 1,2,..`: this command again for each count (its own process, so that thread pools
+/// and peak memory are its own), each printing its JSON line, then one table of all counts.
+fn run_per_thread_count(counts: &[usize]) -> Result<()> {
+    // Our own arguments without --threads/--json, then each count's.
+    let mut base = Vec::new();
+    let mut argv = std::env::args().skip(1);
+    while let Some(a) = argv.next() {
+        match a.as_str() {
+            "--threads" => {
+                argv.next();
+            }
+            "--json" => {}
+            _ if a.starts_with("--threads=") => {}
+            _ => base.push(a),
+        }
+    }
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut rows = Vec::new();
+    for &n in counts {
+        let out = Command::new(&exe)
+            .args(&base)
+            .args(["--threads", &n.to_string(), "--json"])
+            .output()
+            .with_context(|| format!("running {} with --threads {n}", exe.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "--threads {n} failed ({}):\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let line = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .with_context(|| format!("no JSON line from --threads {n}:\n{stdout}"))?;
+        println!("{line}");
+        rows.push((n, line));
+    }
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64());
+    let show = |x: Option<f64>, digits: usize| x.map_or("-".into(), |x| format!("{x:.digits$}"));
+    println!();
+    println!("| threads | ours img/s | PyTorch img/s | ours / PyTorch | ours sampling s | PyTorch sampling s | sampling speed-up | peak RSS ours / PyTorch MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, v) in &rows {
+        let (s, ts) = (num(v, "sample_s"), num(v, "torch_sample_s"));
+        println!(
+            "| {n} | {} | {} | {}x | {} | {} | {}x | {} / {} |",
+            show(num(v, "img_per_s"), 1),
+            show(num(v, "torch_img_per_s"), 1),
+            show(num(v, "ratio"), 2),
+            show(s, 3),
+            show(ts, 3),
+            show(s.zip(ts).map(|(s, t)| t / s), 2),
+            show(num(v, "peak_rss_mib"), 0),
+            show(num(v, "torch_peak_rss_mib"), 0),
+        );
+    }
+    Ok(())
 }
 
 fn median(v: &[f64]) -> f64 {

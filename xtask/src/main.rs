@@ -6,6 +6,7 @@ mod bench;
 mod bench_data;
 mod bench_ops;
 mod bench_sample;
+mod bench_serve;
 mod bench_train;
 mod check_device;
 mod cuda_toolkit;

@@ -232,7 +232,8 @@ fn jobs(recipe: &Recipe, vars: &BTreeMap<String, String>) -> Result<Vec<Job>> {
     Ok(jobs)
 }
 
-fn build_dmae() -> Result<PathBuf> {
+/// Builds the release `dmae` binary and returns its path.
+pub(crate) fn build_dmae() -> Result<PathBuf> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet", "-p", "dmae"])
         .status()

@@ -8,6 +8,8 @@
 //! The forward keeps only the output; the backward recomputes the attention probabilities from q and
 //! k (as FlashAttention does), so no `(N, H, Lq, Lk)` tensor lives between the passes.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -57,8 +59,17 @@ pub fn attention(
         }
     };
     let (q, k, v) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
-    let op = Attention { dims, scale, mask };
-    Ok(q.apply_op3(&k, &v, op)?)
+    let saved_p = match q.dtype() {
+        candle_core::DType::F64 => SavedP::new::<f64>(&dims, &[&q, &k, &v]),
+        _ => SavedP::new::<f32>(&dims, &[&q, &k, &v]),
+    };
+    let op = Attention {
+        dims,
+        scale,
+        mask,
+        saved_p,
+    };
+    Ok(crate::no_grad::finish(q.apply_op3(&k, &v, op)?))
 }
 
 fn unit_last(t: &Tensor) -> candle_core::Result<Tensor> {
@@ -152,6 +163,76 @@ struct Attention {
     scale: f64,
     /// Broadcast to (N, H, Lq, Lk); a stride-0 view, never materialised.
     mask: Option<Tensor>,
+    /// The probabilities, kept by the forward for the backward (see [`KEEP_P_BYTES`]).
+    saved_p: SavedP,
+}
+
+/// Probabilities `(N, H, Lq, Lk)` kept between the passes, when `keep` (a backward will follow
+/// and they are small).
+struct SavedP {
+    keep: bool,
+    p: Mutex<Option<CpuStorage>>,
+}
+
+impl SavedP {
+    fn new<T>(dims: &AttnDims, inputs: &[&Tensor]) -> Self {
+        Self {
+            keep: keeps_p::<T>(dims) && crate::no_grad::needs_grad(inputs),
+            p: Mutex::new(None),
+        }
+    }
+
+    fn store<T: Real>(&self, p: Option<Vec<T>>) {
+        if let Some(p) = p {
+            *self.p.lock().unwrap_or_else(|e| e.into_inner()) = Some(T::to_cpu_storage_owned(p));
+        }
+    }
+
+    /// Runs `f` with the kept probabilities, if any.
+    fn with<T: Real, R>(
+        &self,
+        f: impl FnOnce(Option<&[T]>) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        let guard = self.p.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(s) => f(Some(T::cpu_storage_as_slice(s)?)),
+            None => f(None),
+        }
+    }
+}
+
+/// The gradients of q, k and v, `(N, Lq, H, D)`, `(N, Lk, H, D)` and `(N, Lk, H, Dv)`, each in a
+/// new buffer written once.
+fn backward_separate<T: Real>(
+    x: &Views<T>,
+    dout: &[T],
+    dims: AttnDims,
+    scale: f64,
+    saved: Option<&[T]>,
+) -> [Vec<T>; 3] {
+    let AttnDims {
+        n,
+        h,
+        lq,
+        lk,
+        d,
+        dv,
+    } = dims;
+    let lens = [n * lq * h * d, n * lk * h * d, n * lk * h * dv];
+    let widths = [h * d, h * d, h * dv];
+    let mut bufs = lens.map(Vec::with_capacity);
+    let outs: [GradOut<T>; 3] = std::array::from_fn(|i| GradOut {
+        buf: cpu::OutBuf::new(&mut bufs[i], lens[i]),
+        batch: lens[i] / n,
+        offset: 0,
+        row_stride: widths[i],
+    });
+    backward(x, dout, dims, scale, saved, outs);
+    for (b, len) in bufs.iter_mut().zip(lens) {
+        // SAFETY: backward wrote every element of each gradient (all heads of every sample).
+        unsafe { b.set_len(len) };
+    }
+    bufs
 }
 
 /// The CPU inputs of one call, with their views.
@@ -251,35 +332,94 @@ cpu::multiversion! {
     }
 }
 
-fn forward<T: Real>(x: &Views<T>, dims: AttnDims, scale: f64) -> Vec<T> {
-    let AttnDims { h, lq, lk, dv, .. } = dims;
-    let scale = cpu::c::<T>(scale);
-    let mut out = vec![T::zero(); dims.n * lq * h * dv];
-    out.par_chunks_mut(lq * h * dv)
-        .enumerate()
-        .for_each(|(n, out)| {
-            let mut p = vec![T::zero(); lq * lk];
-            for hh in 0..h {
-                x.probs(&dims, scale, n, hh, &mut p);
-                let o = Mat::rows(hh * dv, lq, dv, h * dv);
-                cpu::matmul(
-                    out,
-                    o,
-                    false,
-                    &p,
-                    Mat::rows(0, lq, lk, lk),
-                    x.v.0,
-                    x.value(&dims, n, hh),
-                    T::one(),
-                );
-            }
-        });
-    out
+/// The probabilities `P` of a call are kept from the forward for the backward when they take at
+/// most this many bytes (per call, per data-parallel shard); larger ones are recomputed from q and
+/// k, as FlashAttention does, so that memory stays linear in the sequence length. At DiffMAE-tiny
+/// sizes `P` is 0.1-6 MB per block: keeping it saves the backward a product and a softmax per head.
+const KEEP_P_BYTES: usize = 8 << 20;
+
+/// Whether a call of these sizes keeps its probabilities (see [`KEEP_P_BYTES`]).
+fn keeps_p<T>(dims: &AttnDims) -> bool {
+    dims.n * dims.h * dims.lq * dims.lk * std::mem::size_of::<T>() <= KEEP_P_BYTES
 }
 
-/// With `P` the probabilities, `dO` the output gradient and `dP = dO V^T`:
-/// `dV = P^T dO`, `dS = P * (dP - rowsum(P * dP))`, `dQ = dS K * scale`, `dK = dS^T Q * scale`.
-fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [Vec<T>; 3] {
+/// The output `(N, Lq, H, Dv)`, and with `keep` the probabilities `(N, H, Lq, Lk)`.
+fn forward<T: Real>(
+    x: &Views<T>,
+    dims: AttnDims,
+    scale: f64,
+    keep: bool,
+) -> (Vec<T>, Option<Vec<T>>) {
+    let AttnDims {
+        n, h, lq, lk, dv, ..
+    } = dims;
+    let scale = cpu::c::<T>(scale);
+    let len = n * lq * h * dv;
+    let mut out = Vec::with_capacity(len);
+    let dst = cpu::OutBuf::new(&mut out, len);
+    let mut kept = keep.then(|| vec![T::zero(); n * h * lq * lk]);
+    let pm = Mat::rows(0, lq, lk, lk);
+    let one = |b: usize, ps: &mut [T]| {
+        // With `keep`, `ps` holds all heads of sample b; else one head, reused.
+        for hh in 0..h {
+            let p = if ps.len() > lq * lk {
+                &mut ps[hh * lq * lk..(hh + 1) * lq * lk]
+            } else {
+                &mut *ps
+            };
+            x.probs(&dims, scale, b, hh, p);
+            let o = Mat::rows(b * lq * h * dv + hh * dv, lq, dv, h * dv);
+            // SAFETY: sample b's rows, head hh's columns: written by this task only.
+            unsafe { dst.matmul(o, p, pm, x.v.0, x.value(&dims, b, hh), T::one()) };
+        }
+    };
+    match kept.as_mut() {
+        Some(kept) => kept
+            .par_chunks_mut(h * lq * lk)
+            .enumerate()
+            .for_each(|(b, ps)| one(b, ps)),
+        None => (0..n)
+            .into_par_iter()
+            .for_each(|b| one(b, &mut vec![T::zero(); lq * lk])),
+    }
+    // SAFETY: the heads of every sample cover all its (Lq, H·Dv) elements, each written above.
+    unsafe { out.set_len(len) };
+    (out, kept)
+}
+
+/// Where the backward writes one gradient: element `(b, row, head, col)` at
+/// `b * batch + offset + row * row_stride + head * width + col`, in `buf`.
+#[derive(Clone, Copy)]
+struct GradOut<T> {
+    buf: cpu::OutBuf<T>,
+    batch: usize,
+    offset: usize,
+    row_stride: usize,
+}
+
+impl<T: Real> GradOut<T> {
+    /// The `(rows, width)` block of sample `b`, head `hh`.
+    fn block(&self, b: usize, hh: usize, rows: usize, width: usize) -> Mat {
+        Mat::rows(
+            b * self.batch + self.offset + hh * width,
+            rows,
+            width,
+            self.row_stride,
+        )
+    }
+}
+
+/// With `P` the probabilities (`saved`, or recomputed), `dO` the output gradient and `dP = dO V^T`:
+/// `dV = P^T dO`, `dS = P * (dP - rowsum(P * dP))`, `dQ = dS K * scale`, `dK = dS^T Q * scale`,
+/// each written (every element, once) through its [`GradOut`].
+fn backward<T: Real>(
+    x: &Views<T>,
+    dout: &[T],
+    dims: AttnDims,
+    scale: f64,
+    saved: Option<&[T]>,
+    [gq, gk, gv]: [GradOut<T>; 3],
+) {
     let AttnDims {
         n,
         h,
@@ -289,59 +429,59 @@ fn backward<T: Real>(x: &Views<T>, dout: &[T], dims: AttnDims, scale: f64) -> [V
         dv,
     } = dims;
     let sc = cpu::c::<T>(scale);
-    let mut dq = vec![T::zero(); n * lq * h * d];
-    let mut dk = vec![T::zero(); n * lk * h * d];
-    let mut dvv = vec![T::zero(); n * lk * h * dv];
-    dq.par_chunks_mut(lq * h * d)
-        .zip(dk.par_chunks_mut(lk * h * d))
-        .zip(dvv.par_chunks_mut(lk * h * dv))
-        .enumerate()
-        .for_each(|(b, ((dq, dk), dvb))| {
-            let mut p = vec![T::zero(); lq * lk];
-            let mut ds = vec![T::zero(); lq * lk];
-            let pm = Mat::rows(0, lq, lk, lk);
-            for hh in 0..h {
-                x.probs(&dims, sc, b, hh, &mut p);
-                let dom = Mat::rows((b * lq * h + hh) * dv, lq, dv, h * dv);
-                // dP = dO V^T, then dS in place.
-                cpu::matmul(
-                    &mut ds,
-                    pm,
-                    false,
-                    dout,
-                    dom,
-                    x.v.0,
-                    x.value(&dims, b, hh).t(),
-                    T::one(),
-                );
-                softmax_grad(&p, &mut ds, lq, lk, sc);
-                let dqm = Mat::rows(hh * d, lq, d, h * d);
-                cpu::matmul(
-                    dq,
-                    dqm,
-                    false,
+    (0..n).into_par_iter().for_each(|b| {
+        let mut p_own = if saved.is_none() {
+            vec![T::zero(); lq * lk]
+        } else {
+            Vec::new()
+        };
+        let mut ds = vec![T::zero(); lq * lk];
+        let pm = Mat::rows(0, lq, lk, lk);
+        for hh in 0..h {
+            let p: &[T] = match saved {
+                Some(all) => &all[(b * h + hh) * lq * lk..(b * h + hh + 1) * lq * lk],
+                None => {
+                    x.probs(&dims, sc, b, hh, &mut p_own);
+                    &p_own
+                }
+            };
+            let dom = Mat::rows((b * lq * h + hh) * dv, lq, dv, h * dv);
+            // dP = dO V^T, then dS in place.
+            cpu::matmul(
+                &mut ds,
+                pm,
+                false,
+                dout,
+                dom,
+                x.v.0,
+                x.value(&dims, b, hh).t(),
+                T::one(),
+            );
+            softmax_grad(p, &mut ds, lq, lk, sc);
+            // SAFETY: sample b, head hh: blocks written by this task only (the three gradients'
+            // blocks never overlap, also when they share one packed buffer).
+            unsafe {
+                gq.buf.matmul(
+                    gq.block(b, hh, lq, d),
                     &ds,
                     pm,
                     x.k.0,
                     x.key(&dims, b, hh),
                     T::one(),
                 );
-                let dkm = Mat::rows(hh * d, lk, d, h * d);
-                cpu::matmul(
-                    dk,
-                    dkm,
-                    false,
+                gk.buf.matmul(
+                    gk.block(b, hh, lk, d),
                     &ds,
                     pm.t(),
                     x.q.0,
                     x.query(&dims, b, hh),
                     T::one(),
                 );
-                let dvm = Mat::rows(hh * dv, lk, dv, h * dv);
-                cpu::matmul(dvb, dvm, false, &p, pm.t(), dout, dom, T::one());
+                gv.buf
+                    .matmul(gv.block(b, hh, lk, dv), p, pm.t(), dout, dom, T::one());
             }
-        });
-    [dq, dk, dvv]
+        }
+    });
 }
 
 impl Attention {
@@ -401,7 +541,9 @@ impl CustomOp3 for Attention {
         ) -> candle_core::Result<CpuStorage> {
             op.mask_cpu(|m| {
                 let x = views::<T>(q, k, v, m)?;
-                Ok(T::to_cpu_storage_owned(forward(&x, op.dims, op.scale)))
+                let (out, p) = forward(&x, op.dims, op.scale, op.saved_p.keep);
+                op.saved_p.store(p);
+                Ok(T::to_cpu_storage_owned(out))
             })
         }
         let out = cpu::dispatch_float!(OP, qs, run(self, (qs, ql), (ks, kl), (vs, vl)))?;
@@ -473,7 +615,9 @@ impl CustomOp3 for Attention {
                     op.mask_cpu(|m| {
                         let x = views::<T>(q, k, v, m)?;
                         let dout = cpu::slice::<T>(g.0, g.1, OP)?;
-                        let [dq, dk, dvv] = backward(&x, dout, op.dims, op.scale);
+                        let [dq, dk, dvv] = op
+                            .saved_p
+                            .with(|p| Ok(backward_separate(&x, dout, op.dims, op.scale, p)))?;
                         Ok([
                             cpu::tensor(dq, (n, lq, h, d)),
                             cpu::tensor(dk, (n, lk, h, d)),
@@ -563,12 +707,22 @@ pub fn attention_qkv(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
         d,
         dv: d,
     };
-    Ok(qkv.contiguous()?.apply_op1(PackedSelf { dims, scale })?)
+    Ok(crate::no_grad::finish(qkv.contiguous()?.apply_op1(
+        PackedSelf {
+            dims,
+            scale,
+            saved_p: match qkv.dtype() {
+                candle_core::DType::F64 => SavedP::new::<f64>(&dims, &[qkv]),
+                _ => SavedP::new::<f32>(&dims, &[qkv]),
+            },
+        },
+    )?))
 }
 
 struct PackedSelf {
     dims: AttnDims,
     scale: f64,
+    saved_p: SavedP,
 }
 
 impl PackedSelf {
@@ -604,7 +758,9 @@ impl candle_core::CustomOp1 for PackedSelf {
             cpu::slice::<T>(s, l, OP)?;
             let data = T::cpu_storage_as_slice(s)?;
             let x = op.views(data, l.start_offset());
-            Ok(T::to_cpu_storage_owned(forward(&x, op.dims, op.scale)))
+            let (out, p) = forward(&x, op.dims, op.scale, op.saved_p.keep);
+            op.saved_p.store(p);
+            Ok(T::to_cpu_storage_owned(out))
         }
         let AttnDims { n, h, lq, dv, .. } = self.dims;
         Ok((
@@ -635,15 +791,23 @@ impl candle_core::CustomOp1 for PackedSelf {
                     let data = T::cpu_storage_as_slice(s)?;
                     let x = op.views(data, l.start_offset());
                     let dout = cpu::slice::<T>(gs, gl, OP)?;
-                    let [dq, dk, dv] = backward(&x, dout, op.dims, op.scale);
-                    // Interleave into the packed layout, one token row at a time.
-                    let hd = op.dims.h * op.dims.d;
-                    let mut g = vec![T::zero(); dq.len() * 3];
-                    g.par_chunks_mut(3 * hd).enumerate().for_each(|(r, row)| {
-                        row[..hd].copy_from_slice(&dq[r * hd..(r + 1) * hd]);
-                        row[hd..2 * hd].copy_from_slice(&dk[r * hd..(r + 1) * hd]);
-                        row[2 * hd..].copy_from_slice(&dv[r * hd..(r + 1) * hd]);
-                    });
+                    // dq, dk and dv go straight into the packed (N, L, 3, H, D) gradient.
+                    let AttnDims { n, lq, h, d, .. } = op.dims;
+                    let len = n * lq * 3 * h * d;
+                    let mut g = Vec::with_capacity(len);
+                    let buf = cpu::OutBuf::new(&mut g, len);
+                    let part = |i: usize| GradOut {
+                        buf,
+                        batch: lq * 3 * h * d,
+                        offset: i * h * d,
+                        row_stride: 3 * h * d,
+                    };
+                    op.saved_p.with(|p| {
+                        backward(&x, dout, op.dims, op.scale, p, [part(0), part(1), part(2)]);
+                        Ok(())
+                    })?;
+                    // SAFETY: the q, k and v thirds of every row, all heads, were written.
+                    unsafe { g.set_len(len) };
                     Ok(cpu::tensor(g, l.shape()))
                 }
                 cpu::dispatch_float!(OP, s, run(self, s, l, gs, gl))?
@@ -685,6 +849,50 @@ mod tests {
             1e-4,
         );
         assert!(attention_qkv(&randn(&[2, 5, 17], 1), 2, 0.4).is_err());
+    }
+
+    /// The backward from the probabilities kept by the forward equals the backward that recomputes
+    /// them, bit for bit.
+    #[test]
+    fn kept_probabilities_give_the_recomputed_gradients() {
+        let dims = AttnDims {
+            n: 2,
+            h: 3,
+            lq: 5,
+            lk: 7,
+            d: 4,
+            dv: 6,
+        };
+        let q = randn(&[2, 5, 3, 4], 1)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let k = randn(&[2, 7, 3, 4], 2)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let v = randn(&[2, 7, 3, 6], 3)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let g = randn(&[2, 5, 3, 6], 4)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let own = |s: &Storage| match s {
+            Storage::Cpu(s) => s.clone(),
+            _ => unreachable!(),
+        };
+        let (qs, ks, vs, gs) = (own(&qs), own(&ks), own(&vs), own(&gs));
+        let x = views::<f32>((&qs, ql), (&ks, kl), (&vs, vl), None).unwrap();
+        let dout = cpu::slice::<f32>(&gs, gl, OP).unwrap();
+        let (out, p) = forward(&x, dims, 0.3, true);
+        let (out2, none) = forward(&x, dims, 0.3, false);
+        assert!(none.is_none());
+        assert_eq!(out, out2);
+        let kept = backward_separate(&x, dout, dims, 0.3, p.as_deref());
+        let recomputed = backward_separate(&x, dout, dims, 0.3, None);
+        assert_eq!(kept, recomputed);
     }
 
     #[test]

@@ -333,6 +333,73 @@ pub(crate) fn matmul_new<T: Real>(lhs: &[T], l: Mat, rhs: &[T], r: Mat, alpha: T
     dst
 }
 
+/// A destination that several tasks write disjoint parts of: the base pointer of one allocation
+/// and its length, shared across rayon tasks. Every write goes through [`OutBuf::matmul`], which
+/// checks that the block lies inside the allocation; the caller guarantees that blocks written by
+/// different tasks do not overlap.
+#[derive(Clone, Copy)]
+pub(crate) struct OutBuf<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: an OutBuf is only a base pointer; tasks write disjoint blocks through it (the contract
+// of `OutBuf::matmul`), and the allocation outlives the tasks (it is borrowed by `OutBuf::new`).
+unsafe impl<T: Send> Send for OutBuf<T> {}
+unsafe impl<T: Send> Sync for OutBuf<T> {}
+
+impl<T: Real> OutBuf<T> {
+    /// The spare capacity of `v` (`len` elements of it), to be written by matrix products.
+    pub(crate) fn new(v: &mut Vec<T>, len: usize) -> Self {
+        let spare = &mut v.spare_capacity_mut()[..len];
+        Self {
+            ptr: spare.as_mut_ptr().cast(),
+            len,
+        }
+    }
+
+    /// `block = alpha * lhs @ rhs` (single-threaded), overwriting every element of `block`
+    /// without reading it (so the memory may be uninitialised).
+    ///
+    /// # Safety
+    /// No other task may access `block`'s elements at the same time, and the `Vec` this buffer
+    /// was made from must be alive and not moved.
+    pub(crate) unsafe fn matmul(&self, block: Mat, lhs: &[T], l: Mat, rhs: &[T], r: Mat, alpha: T) {
+        assert!(block.fits(self.len), "matmul view out of bounds");
+        if l.cols == 0 {
+            // An empty inner dimension: gemm_raw returns without writing, the product is zeros.
+            for i in 0..block.rows {
+                for j in 0..block.cols {
+                    // SAFETY: inside the allocation (the block fits), not shared (our contract).
+                    unsafe {
+                        self.ptr
+                            .add(block.offset + i * block.rs + j * block.cs)
+                            .write(T::zero())
+                    };
+                }
+            }
+            return;
+        }
+        // SAFETY: `block` lies inside the allocation (checked above), which cannot alias `lhs` or
+        // `rhs` (it was borrowed mutably by `new`), and no other task touches it (our contract).
+        // With `accumulate = false` and a non-empty inner dimension gemm writes every element of
+        // the block and reads none.
+        unsafe {
+            gemm_raw(
+                self.ptr,
+                block,
+                false,
+                lhs,
+                l,
+                rhs,
+                r,
+                alpha,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+}
+
 fn parallelism() -> gemm::Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => gemm::Parallelism::None,

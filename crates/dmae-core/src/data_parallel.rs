@@ -19,6 +19,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use crate::error::{invalid, Result};
+use crate::no_grad::with_grad_enabled;
 
 const OP: &str = "data_parallel";
 
@@ -110,7 +111,8 @@ impl DataParallel {
     }
 
     /// Runs `f` on every range of [`DataParallel::ranges`]`(n)`, each on its shard's pool, all at
-    /// once; the results are in range order.
+    /// once; the results are in range order. The caller's inference mode ([`crate::no_grad`])
+    /// holds in every shard.
     pub fn map<R, F>(&self, n: usize, f: F) -> Vec<R>
     where
         R: Send,
@@ -120,7 +122,8 @@ impl DataParallel {
         if self.pools.is_empty() || ranges.len() == 1 {
             return ranges.into_iter().map(f).collect();
         }
-        let f = &f;
+        let enabled = crate::grad_enabled();
+        let f = &move |r: Range<usize>| with_grad_enabled(enabled, || f(r));
         std::thread::scope(|scope| {
             let mut jobs = ranges.into_iter().zip(&self.pools);
             let first = jobs.next();
@@ -228,6 +231,10 @@ mod tests {
         let seen = dp.map(64, |r| (r, rayon::current_num_threads()));
         let threads: Vec<usize> = seen.iter().map(|(_, t)| *t).collect();
         assert_eq!(threads, vec![1, 1, 1]);
+        // The caller's inference mode reaches every shard's thread.
+        let modes = crate::no_grad(|| dp.map(64, |_| crate::grad_enabled()));
+        assert_eq!(modes, vec![false, false, false]);
+        assert_eq!(dp.map(64, |_| crate::grad_enabled()), vec![true; 3]);
     }
 
     /// The sharded gradient equals the whole batch's for a mean loss through dmae-core ops.

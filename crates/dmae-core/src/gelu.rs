@@ -24,7 +24,9 @@ pub enum Gelu {
 /// Element-wise GELU of `x`, differentiable.
 pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Tensor> {
     check_float(OP, "x", x.dtype(), x.device())?;
-    Ok(x.contiguous()?.apply_op1(GeluOp(kind))?)
+    Ok(crate::no_grad::finish(
+        x.contiguous()?.apply_op1(GeluOp(kind))?,
+    ))
 }
 
 struct GeluOp(Gelu);
@@ -112,46 +114,92 @@ fn value_and_derivative<T: Real>(kind: Gelu, x: T) -> (T, T) {
 }
 
 cpu::multiversion! {
-    fn forward_with_grad_chunk<T: Real>(
+    /// Rows of `y = gelu(x + b)` (and with `d`, `d = gelu'(x + b)`), `b` added to every row.
+    fn forward_bias_chunk<T: Real>(
         kind: Gelu,
         x: &[T],
+        b: &[T],
         y: &mut [MaybeUninit<T>],
-        d: &mut [MaybeUninit<T>],
+        d: Option<&mut [MaybeUninit<T>]>,
     ) {
-        let (y, d) = (&mut y[..x.len()], &mut d[..x.len()]);
-        match kind {
-            Gelu::Erf => {
-                for i in 0..x.len() {
-                    let (v, g) = value_and_derivative(Gelu::Erf, x[i]);
-                    y[i].write(v);
-                    d[i].write(g);
+        let n = b.len();
+        // One loop per form and per output set, so each is a straight vectorisable loop.
+        match d {
+            None => {
+                for (x, y) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+                    let (x, y, b) = (&x[..n], &mut y[..n], &b[..n]);
+                    match kind {
+                        Gelu::Erf => {
+                            for j in 0..n {
+                                y[j].write(value(Gelu::Erf, x[j] + b[j]));
+                            }
+                        }
+                        Gelu::Tanh => {
+                            for j in 0..n {
+                                y[j].write(value(Gelu::Tanh, x[j] + b[j]));
+                            }
+                        }
+                    }
                 }
             }
-            Gelu::Tanh => {
-                for i in 0..x.len() {
-                    let (v, g) = value_and_derivative(Gelu::Tanh, x[i]);
-                    y[i].write(v);
-                    d[i].write(g);
+            Some(d) => {
+                let rows = x.chunks_exact(n).zip(y.chunks_exact_mut(n)).zip(d.chunks_exact_mut(n));
+                for ((x, y), d) in rows {
+                    let (x, y, d, b) = (&x[..n], &mut y[..n], &mut d[..n], &b[..n]);
+                    match kind {
+                        Gelu::Erf => {
+                            for j in 0..n {
+                                let (v, g) = value_and_derivative(Gelu::Erf, x[j] + b[j]);
+                                y[j].write(v);
+                                d[j].write(g);
+                            }
+                        }
+                        Gelu::Tanh => {
+                            for j in 0..n {
+                                let (v, g) = value_and_derivative(Gelu::Tanh, x[j] + b[j]);
+                                y[j].write(v);
+                                d[j].write(g);
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// `(gelu(x), gelu'(x))` element-wise into two new vectors: a forward pass that keeps the
-/// derivative makes the backward a plain product (the exp and erf are paid once, not twice).
-pub(crate) fn forward_with_grad_new<T: Real>(kind: Gelu, x: &[T]) -> (Vec<T>, Vec<T>) {
-    let n = x.len();
-    let (mut y, mut d) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    y.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .zip(d.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|((y, d), x)| forward_with_grad_chunk(kind, x, y, d));
-    // SAFETY: the chunks cover the first n slots of both vectors and every slot is written.
+/// `gelu(x + b)` for `x` of rows of `b.len()` elements, into a new vector, and with `with_grad`
+/// its derivative `gelu'(x + b)` too: the bias of a linear layer added in the activation's pass
+/// instead of a pass of its own (see `linear_gelu`).
+pub(crate) fn forward_bias_new<T: Real>(
+    kind: Gelu,
+    x: &[T],
+    b: &[T],
+    with_grad: bool,
+) -> (Vec<T>, Option<Vec<T>>) {
+    let (n, cols) = (x.len(), b.len().max(1));
+    assert_eq!(n % cols, 0, "gelu: rows of the bias's length");
+    let chunk = cpu::rows_per_task(cols) * cols;
+    let mut y = Vec::with_capacity(n);
+    let mut d = with_grad.then(|| Vec::with_capacity(n));
+    match d.as_mut() {
+        Some(d) => y.spare_capacity_mut()[..n]
+            .par_chunks_mut(chunk)
+            .zip(d.spare_capacity_mut()[..n].par_chunks_mut(chunk))
+            .zip(x.par_chunks(chunk))
+            .for_each(|((y, d), x)| forward_bias_chunk(kind, x, b, y, Some(d))),
+        None => y.spare_capacity_mut()[..n]
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(y, x)| forward_bias_chunk(kind, x, b, y, None)),
+    }
+    // SAFETY: the chunks cover the first n slots of y (and d), whole rows each, and every slot
+    // of every row is written.
     unsafe {
         y.set_len(n);
-        d.set_len(n);
+        if let Some(d) = d.as_mut() {
+            d.set_len(n);
+        }
     }
     (y, d)
 }
@@ -264,6 +312,24 @@ mod tests {
                 &[randn(&[64, 13, 768], 3)],
                 2e-5,
             );
+        }
+    }
+
+    /// `gelu(x + b)` with the bias added in the activation's pass equals GELU of the sum, and its
+    /// derivative the separate derivative, bit for bit.
+    #[test]
+    fn bias_in_the_activation_pass_is_exact() {
+        let x: Vec<f32> = (0..7 * 37)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
+        let b: Vec<f32> = (0..37).map(|j| (j as f32 - 18.0) / 7.0).collect();
+        let sum: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + b[i % 37]).collect();
+        for kind in [Gelu::Erf, Gelu::Tanh] {
+            let (y, d) = forward_bias_new(kind, &x, &b, true);
+            assert_eq!(y, forward_new(kind, &sum));
+            assert_eq!(y, forward_bias_new(kind, &x, &b, false).0);
+            let ones = vec![1.0f32; sum.len()];
+            assert_eq!(d.unwrap(), backward_new(kind, &sum, &ones));
         }
     }
 

@@ -4,6 +4,8 @@
 //! MAE's `nn.LayerNorm`). The backward recomputes the row statistics from `x` instead of saving them:
 //! one extra pass over a row that is already in cache, and no side outputs to keep alive.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -49,7 +51,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     }
     let x = x.contiguous()?;
     let (w, b) = (weight.contiguous()?, bias.contiguous()?);
-    Ok(x.apply_op3(&w, &b, LayerNorm { eps })?)
+    Ok(crate::no_grad::finish(x.apply_op3(
+        &w,
+        &b,
+        LayerNorm { eps },
+    )?))
 }
 
 struct LayerNorm {
@@ -58,27 +64,54 @@ struct LayerNorm {
 
 fn forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = Vec::with_capacity(x.len());
     let block = cpu::rows_per_task(d) * d;
-    y.par_chunks_mut(block)
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(block)
         .zip(x.par_chunks(block))
         .for_each(|(y, x)| forward_rows(x, y, w, b, eps));
+    // SAFETY: the chunks cover all x.len() slots and forward_rows writes every slot of its rows.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
 cpu::multiversion! {
-    fn forward_rows<T: Real>(x: &[T], y: &mut [T], w: &[T], b: &[T], eps: f64) {
+    fn forward_rows<T: Real>(x: &[T], y: &mut [MaybeUninit<T>], w: &[T], b: &[T], eps: f64) {
         let d = w.len();
         let (w, b) = (&w[..d], &b[..d]);
         for r in 0..x.len() / d {
             let (x, y) = (&x[r * d..(r + 1) * d], &mut y[r * d..(r + 1) * d]);
-            // y holds x - mean first, so the variance is a vectorised dot product.
-            let rstd = center(x, y, eps);
+            let (mean, rstd) = stats(x, eps);
             for i in 0..d {
-                y[i] = y[i] * rstd * w[i] + b[i];
+                y[i].write((x[i] - mean) * rstd * w[i] + b[i]);
             }
         }
     }
+}
+
+/// `(mean(x), 1 / sqrt(var(x) + eps))`, two-pass for accuracy; the same arithmetic as
+/// [`center`] (which also keeps `x - mean`).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
+    let n = cpu::c::<T>(x.len() as f64);
+    let mean = cpu::sum(x) / n;
+    // cpu::dot of x - mean with itself, without storing x - mean.
+    let mut acc = [T::zero(); 8];
+    let chunks = x.len() / 8;
+    for i in 0..chunks {
+        for l in 0..8 {
+            let v = x[8 * i + l] - mean;
+            acc[l] += v * v;
+        }
+    }
+    let mut tail = T::zero();
+    for &v in &x[chunks * 8..] {
+        tail += (v - mean) * (v - mean);
+    }
+    let ss =
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+    (mean, (ss / n + cpu::c(eps)).sqrt().recip())
 }
 
 /// Writes `x - mean(x)` into `xc` and returns `1 / sqrt(var(x) + eps)` (two-pass, for accuracy).
@@ -100,9 +133,9 @@ fn center<T: Real>(x: &[T], xc: &mut [T], eps: f64) -> T {
 /// does not depend on the number of threads.
 fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
     let d = w.len();
-    let mut dx = vec![T::zero(); x.len()];
+    let mut dx = Vec::with_capacity(x.len());
     let block = cpu::rows_per_task(d) * d;
-    let partials: Vec<(Vec<T>, Vec<T>)> = dx
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx.spare_capacity_mut()[..x.len()]
         .par_chunks_mut(block)
         .zip(x.par_chunks(block))
         .zip(dy.par_chunks(block))
@@ -113,6 +146,8 @@ fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>, V
             (dw, db)
         })
         .collect();
+    // SAFETY: the chunks cover all x.len() slots and backward_rows writes every slot of its rows.
+    unsafe { dx.set_len(x.len()) };
     let mut dw = vec![T::zero(); d];
     let mut db = vec![T::zero(); d];
     for (pw, pb) in partials {
@@ -127,7 +162,7 @@ cpu::multiversion! {
         x: &[T],
         dy: &[T],
         w: &[T],
-        dx: &mut [T],
+        dx: &mut [MaybeUninit<T>],
         dw: &mut [T],
         db: &mut [T],
         eps: f64,
@@ -150,7 +185,7 @@ cpu::multiversion! {
             let mg = cpu::sum(&g) / n;
             let mgxh = cpu::dot(&g, &xh) / n;
             for i in 0..d {
-                dx[i] = rstd * (g[i] - mg - xh[i] * mgxh);
+                dx[i].write(rstd * (g[i] - mg - xh[i] * mgxh));
             }
         }
     }
@@ -317,6 +352,26 @@ mod tests {
             layer_norm(&t[0].broadcast_as((4, 5))?, &t[1], &t[2], 1e-5).map_err(Into::into)
         };
         assert_grads(g, &[randn(&[1, 5], 10), randn(&[5], 11), randn(&[5], 12)]);
+    }
+
+    /// The forward's statistics without a scratch row round exactly as `center` (kept for the
+    /// backward) does.
+    #[test]
+    fn forward_matches_center_exactly() {
+        let d = 37;
+        let x: Vec<f32> = (0..5 * d)
+            .map(|i| ((i * 53 % 97) as f32 - 40.0) / 9.0)
+            .collect();
+        let w: Vec<f32> = (0..d).map(|j| 1.0 + j as f32 / 50.0).collect();
+        let b: Vec<f32> = (0..d).map(|j| j as f32 / 30.0 - 0.5).collect();
+        let y = forward(&x, &w, &b, 1e-6);
+        let mut xc = vec![0f32; d];
+        for (r, row) in x.chunks(d).enumerate() {
+            let rstd = center(row, &mut xc, 1e-6);
+            for j in 0..d {
+                assert_eq!(y[r * d + j], xc[j] * rstd * w[j] + b[j]);
+            }
+        }
     }
 
     #[test]

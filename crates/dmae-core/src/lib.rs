@@ -17,6 +17,7 @@
 //! | [`AdamW`] | `adamw` | fused AdamW step |
 //! | [`linear`], [`linear_gelu`] | `linear` | `x Wᵀ + b` (and `gelu(x Wᵀ + b)`) with its three gradients |
 //! | [`DataParallel`] | `data_parallel` | a batch split over CPU thread groups, gradients summed |
+//! | [`no_grad`] | `no_grad` | inference mode: the ops skip what only a backward needs (sampling) |
 //! | [`optim`] | `optim` | the recipe around AdamW: lr scaling and schedule, clipping, accumulation, EMA, f32 master weights |
 //! | [`rng`] | `rng` | keyed ChaCha8 streams behind every random draw of the workspace |
 //!
@@ -51,6 +52,7 @@ mod gelu;
 pub mod gradcheck;
 mod layer_norm;
 mod linear;
+mod no_grad;
 pub mod optim;
 mod patch;
 pub mod reference;
@@ -68,6 +70,7 @@ pub use error::{Error, Result};
 pub use gelu::{gelu, Gelu};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu};
+pub use no_grad::{grad_enabled, no_grad};
 pub use patch::{patchify, patchify_video, unpatchify, unpatchify_video};
 pub use softmax::softmax;
 pub use threads::{check_threads, configure_threads, DEFAULT_SPIN_LIMIT, MAX_THREADS};

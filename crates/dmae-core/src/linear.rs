@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::cpu::{self, Mat, Real};
 use crate::error::{check_float, check_same_dtype, invalid, shape_mismatch, Result};
 use crate::gelu::{self, Gelu};
+use crate::no_grad;
 
 const OP: &str = "linear";
 
@@ -92,20 +93,22 @@ fn linear_act(
             None => Ok(y),
         };
     }
+    // Without a bias, a constant zero bias keeps one op (it tracks nothing: no gradient is made).
+    let b = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(d_out, x.dtype(), x.device())?,
+    };
+    let (x, w) = (x.contiguous()?, weight.contiguous()?);
     let op = Linear {
         rows,
         d_in,
         d_out,
         out_shape: Shape::from(out_dims),
         act,
+        save_act_grad: act.is_some() && no_grad::needs_grad(&[&x, &w, &b]),
         act_grad: Mutex::new(None),
     };
-    // Without a bias, a constant zero bias keeps one op (its gradient is computed and dropped).
-    let b = match bias {
-        Some(b) => b.contiguous()?,
-        None => Tensor::zeros(d_out, x.dtype(), x.device())?,
-    };
-    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &b, op)?)
+    Ok(no_grad::finish(x.apply_op3(&w, &b, op)?))
 }
 
 struct Linear {
@@ -114,6 +117,9 @@ struct Linear {
     d_out: usize,
     out_shape: Shape,
     act: Option<Gelu>,
+    /// Whether the forward keeps the activation's derivative (not in inference mode, see
+    /// [`crate::no_grad`]).
+    save_act_grad: bool,
     /// With an activation, its derivative at `x Wᵀ + b`, saved by the forward pass (which
     /// computes it beside the value for little extra work) so that the backward is one product.
     act_grad: Mutex<Option<CpuStorage>>,
@@ -148,6 +154,20 @@ fn forward<T: Real>(op: &Linear, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     y
 }
 
+/// `x Wᵀ` alone, written once by gemm. With the bias added afterwards, `(x Wᵀ) + b` is rounded
+/// exactly as [`forward`]'s `b + x Wᵀ` whenever gemm does not split the inner dimension (up to
+/// 512 at least, every DiffMAE-tiny layer).
+fn product<T: Real>(op: &Linear, x: &[T], w: &[T]) -> Vec<T> {
+    let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
+    cpu::matmul_new(
+        x,
+        Mat::rows(0, rows, d_in, d_in),
+        w,
+        Mat::rows(0, d_out, d_in, d_in).t(),
+        T::one(),
+    )
+}
+
 cpu::multiversion! {
     /// `acc += sum of the rows of dy` (rows of `d` elements).
     fn column_sums<T: Real>(dy: &[T], d: usize, acc: &mut [T]) {
@@ -159,29 +179,39 @@ cpu::multiversion! {
     }
 }
 
-/// Backward: `dx = dy W`, `dW = dyᵀ x`, `db = Σ_rows dy`.
-fn backward<T: Real>(op: &Linear, x: &[T], w: &[T], dy: &[T]) -> [Vec<T>; 3] {
+/// Backward: `dx = dy W`, `dW = dyᵀ x`, `db = Σ_rows dy`, each only where `want` asks for it (an
+/// input that is a constant or a frozen weight gets none: the patch embeddings' `dx` is a product
+/// of its own).
+fn backward<T: Real>(
+    op: &Linear,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    want: [bool; 3],
+) -> [Option<Vec<T>>; 3] {
     let (rows, d_in, d_out) = (op.rows, op.d_in, op.d_out);
     let dym = Mat::rows(0, rows, d_out, d_out);
     let xm = Mat::rows(0, rows, d_in, d_in);
-    let dx = cpu::matmul_new(dy, dym, w, Mat::rows(0, d_out, d_in, d_in), T::one());
-    let dw = cpu::matmul_new(dy, dym.t(), x, xm, T::one());
-    let db = dy
-        .par_chunks(cpu::rows_per_task(d_out) * d_out)
-        .fold(
-            || vec![T::zero(); d_out],
-            |mut acc, c| {
-                column_sums(c, d_out, &mut acc);
-                acc
-            },
-        )
-        .reduce(
-            || vec![T::zero(); d_out],
-            |mut a, b| {
-                cpu::axpy(T::one(), &b, &mut a);
-                a
-            },
-        );
+    let dx =
+        want[0].then(|| cpu::matmul_new(dy, dym, w, Mat::rows(0, d_out, d_in, d_in), T::one()));
+    let dw = want[1].then(|| cpu::matmul_new(dy, dym.t(), x, xm, T::one()));
+    let db = want[2].then(|| {
+        dy.par_chunks(cpu::rows_per_task(d_out) * d_out)
+            .fold(
+                || vec![T::zero(); d_out],
+                |mut acc, c| {
+                    column_sums(c, d_out, &mut acc);
+                    acc
+                },
+            )
+            .reduce(
+                || vec![T::zero(); d_out],
+                |mut a, b| {
+                    cpu::axpy(T::one(), &b, &mut a);
+                    a
+                },
+            )
+    });
     [dx, dw, db]
 }
 
@@ -208,15 +238,19 @@ impl CustomOp3 for Linear {
             let x = cpu::slice::<T>(x.0, x.1, OP)?;
             let w = cpu::slice::<T>(w.0, w.1, OP)?;
             let b = cpu::slice::<T>(b.0, b.1, OP)?;
-            let h = forward(op, x, w, b);
             Ok(T::to_cpu_storage_owned(match op.act {
+                None => forward(op, x, w, b),
                 Some(kind) => {
-                    let (y, d) = gelu::forward_with_grad_new(kind, &h);
-                    let mut saved = op.act_grad.lock().unwrap_or_else(|e| e.into_inner());
-                    *saved = Some(T::to_cpu_storage_owned(d));
+                    // The bias is added in the activation's pass, not written into the product's
+                    // rows first (one pass over the widest output of a block fewer).
+                    let h = product(op, x, w);
+                    let (y, d) = gelu::forward_bias_new(kind, &h, b, op.save_act_grad);
+                    if let Some(d) = d {
+                        let mut saved = op.act_grad.lock().unwrap_or_else(|e| e.into_inner());
+                        *saved = Some(T::to_cpu_storage_owned(d));
+                    }
                     y
                 }
-                None => h,
             }))
         }
         let y = cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (bs, bl)))?;
@@ -227,10 +261,11 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let want = [x.track_op(), w.track_op(), b.track_op()];
         let dy = dy.contiguous()?;
         let saved = self.act_grad.lock().unwrap_or_else(|e| e.into_inner());
         if self.act.is_some() && saved.is_none() {
@@ -247,29 +282,38 @@ impl CustomOp3 for Linear {
                     w: (&CpuStorage, &Layout),
                     g: (&CpuStorage, &Layout),
                     act_grad: Option<&CpuStorage>,
-                ) -> candle_core::Result<[Tensor; 3]> {
+                    want: [bool; 3],
+                ) -> candle_core::Result<[Option<Tensor>; 3]> {
                     let xv = cpu::slice::<T>(x.0, x.1, OP)?;
                     let wv = cpu::slice::<T>(w.0, w.1, OP)?;
                     let gv = cpu::slice::<T>(g.0, g.1, OP)?;
                     let [dx, dw, db] = match act_grad {
                         // dy · gelu'(x Wᵀ + b), then the linear's own backward.
-                        Some(d) => {
-                            backward(op, xv, wv, &cpu::mul_new(T::cpu_storage_as_slice(d)?, gv))
-                        }
-                        None => backward(op, xv, wv, gv),
+                        Some(d) => backward(
+                            op,
+                            xv,
+                            wv,
+                            &cpu::mul_new(T::cpu_storage_as_slice(d)?, gv),
+                            want,
+                        ),
+                        None => backward(op, xv, wv, gv, want),
                     };
                     Ok([
-                        cpu::tensor(dx, x.1.shape()),
-                        cpu::tensor(dw, w.1.shape()),
-                        cpu::tensor(db, op.d_out),
+                        dx.map(|v| cpu::tensor(v, x.1.shape())),
+                        dw.map(|v| cpu::tensor(v, w.1.shape())),
+                        db.map(|v| cpu::tensor(v, op.d_out)),
                     ])
                 }
                 let act_grad = saved.as_ref();
-                cpu::dispatch_float!(OP, xs, run(self, (xs, xl), (ws, wl), (gs, gl), act_grad))?
+                cpu::dispatch_float!(
+                    OP,
+                    xs,
+                    run(self, (xs, xl), (ws, wl), (gs, gl), act_grad, want)
+                )?
             }
             _ => candle_core::bail!("{OP}: the fused op runs on the CPU only"),
         };
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, dw, db))
     }
 }
 
@@ -339,6 +383,31 @@ mod tests {
             ],
             1e-3,
         );
+    }
+
+    /// Inference mode gives the same values (detached), and an input that tracks no gradient
+    /// gets none, while the others still do.
+    #[test]
+    fn inference_mode_and_constant_inputs() {
+        let x = randn(&[3, 7, 5], 1)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let w =
+            candle_core::Var::from_tensor(&randn(&[6, 5], 2).to_dtype(x.dtype()).unwrap()).unwrap();
+        let b =
+            candle_core::Var::from_tensor(&randn(&[6], 3).to_dtype(x.dtype()).unwrap()).unwrap();
+        for kind in [None, Some(Gelu::Erf), Some(Gelu::Tanh)] {
+            let f = || linear_act(&x, &w, Some(&b), kind).unwrap();
+            let (y, y_inf) = (f(), crate::no_grad(f));
+            assert!(y.track_op() && !y_inf.track_op());
+            assert_eq!(
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y_inf.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(&x).is_none(), "a constant input got a gradient");
+            assert!(grads.get(w.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
+        }
     }
 
     #[test]

@@ -81,10 +81,12 @@ pub fn patchify(images: &Tensor, patch: usize) -> Result<Tensor> {
     })?;
     let dims = PatchDims::new(n, (c, 1, h, w), 1, patch)?;
     let x = images.reshape((n, c, 1, h, w))?;
-    Ok(x.contiguous()?.apply_op1(Patch {
-        dims,
-        inverse: false,
-    })?)
+    Ok(crate::no_grad::finish(x.contiguous()?.apply_op1(
+        Patch {
+            dims,
+            inverse: false,
+        },
+    )?))
 }
 
 /// (N, L, p*p*C) -> (N, C, H, W) for images of `channels` x `height` x `width`, differentiable.
@@ -108,10 +110,12 @@ pub fn patchify_video(videos: &Tensor, tubelet: usize, patch: usize) -> Result<T
         )
     })?;
     let dims = PatchDims::new(n, (c, t, h, w), tubelet, patch)?;
-    Ok(videos.contiguous()?.apply_op1(Patch {
-        dims,
-        inverse: false,
-    })?)
+    Ok(crate::no_grad::finish(videos.contiguous()?.apply_op1(
+        Patch {
+            dims,
+            inverse: false,
+        },
+    )?))
 }
 
 /// (N, L, t*p*p*C) -> (N, C, T, H, W), differentiable; `shape` is (C, T, H, W).
@@ -143,10 +147,12 @@ impl Patch {
                 &want,
             ));
         }
-        Ok(patches.contiguous()?.apply_op1(Patch {
-            dims,
-            inverse: true,
-        })?)
+        Ok(crate::no_grad::finish(patches.contiguous()?.apply_op1(
+            Patch {
+                dims,
+                inverse: true,
+            },
+        )?))
     }
 
     fn out_shape(&self) -> Shape {

@@ -23,7 +23,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
         }
     }
     check_float(OP, "x", x.dtype(), x.device())?;
-    Ok(x.contiguous()?.apply_op1(Softmax)?)
+    Ok(crate::no_grad::finish(x.contiguous()?.apply_op1(Softmax)?))
 }
 
 struct Softmax;

@@ -17,7 +17,9 @@ const SCATTER: &str = "scatter_tokens";
 pub fn gather_tokens(x: &Tensor, idx: &Tensor) -> Result<Tensor> {
     let (n, _, _) = check_tokens(GATHER, "x", x)?;
     check_index(GATHER, idx, n, x.shape())?;
-    Ok(x.contiguous()?.apply_op2(&idx.contiguous()?, Gather)?)
+    Ok(crate::no_grad::finish(
+        x.contiguous()?.apply_op2(&idx.contiguous()?, Gather)?,
+    ))
 }
 
 /// `out = base` with `out[n, idx[n, k], :] = src[n, k, :]`: puts K tokens of each sample back into a
@@ -38,9 +40,11 @@ pub fn scatter_tokens(base: &Tensor, src: &Tensor, idx: &Tensor) -> Result<Tenso
         ));
     }
     check_same_dtype(SCATTER, "src", src.dtype(), base.dtype())?;
-    Ok(base
-        .contiguous()?
-        .apply_op3(&src.contiguous()?, &idx.contiguous()?, Scatter)?)
+    Ok(crate::no_grad::finish(base.contiguous()?.apply_op3(
+        &src.contiguous()?,
+        &idx.contiguous()?,
+        Scatter,
+    )?))
 }
 
 fn check_tokens(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, usize, usize)> {

@@ -9,16 +9,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Errors caused by input bytes always name the file (or `<memory>` for in-memory parsing) and, where the format
 /// has one, the byte offset at which the problem was found.
+///
+/// Each message is complete on its own (it includes its cause's text), so a variant does not also
+/// return that cause from [`std::error::Error::source`]: a chain printer (anyhow's `{:#}`) would
+/// otherwise repeat it ("X: cause: cause"). The cause stays available in the variant's fields.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused a read, a directory listing or a file open.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file or directory involved.
         path: PathBuf,
-        /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying I/O error (in the message, not returned as `source()`).
+        cause: std::io::Error,
     },
     /// A structured file (IDX, CIFAR binary, gzip stream) is malformed or truncated.
     #[error("{}: invalid {format} data at byte offset {offset}: {reason}", path.display())]
@@ -126,13 +129,12 @@ pub enum Error {
         expected: Vec<usize>,
     },
     /// Loading one dataset sample failed (wraps the cause with the sample's index).
-    #[error("sample {index}: {source}")]
+    #[error("sample {index}: {cause}")]
     Sample {
         /// Dataset index of the sample.
         index: usize,
-        /// Why it failed.
-        #[source]
-        source: Box<Error>,
+        /// Why it failed (in the message, not returned as `source()`).
+        cause: Box<Error>,
     },
     /// Building a tensor failed.
     #[error(transparent)]
@@ -143,10 +145,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 

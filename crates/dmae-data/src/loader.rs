@@ -368,7 +368,7 @@ impl Producer {
                         self.done = true;
                         return Some(Err(Error::Sample {
                             index,
-                            source: Box::new(error),
+                            cause: Box::new(error),
                         }));
                     }
                 }

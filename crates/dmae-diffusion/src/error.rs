@@ -64,9 +64,11 @@ pub enum Error {
         /// Why reading failed.
         reason: String,
     },
-    /// The [`Denoiser`](crate::Denoiser) given to a sampler failed.
+    /// The [`Denoiser`](crate::Denoiser) given to a sampler failed. The message includes the
+    /// cause's, so the cause is not also returned as `source()` (a chain printer such as anyhow's
+    /// `{:#}` would repeat it).
     #[error("denoiser failed: {0}")]
-    Denoiser(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    Denoiser(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

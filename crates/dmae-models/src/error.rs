@@ -75,10 +75,25 @@ pub enum Error {
     Diffusion(#[from] dmae_diffusion::Error),
     /// A configuration could not be (de)serialised.
     #[error("config json: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// A safetensors file could not be parsed or written.
     #[error("safetensors: {0}")]
-    SafeTensors(#[from] safetensors::SafeTensorError),
+    SafeTensors(safetensors::SafeTensorError),
+}
+
+// `Json` and `SafeTensors` put their cause's text in their message, so (unlike `#[from]`) these
+// conversions do not also make it the error's `source()`: a chain printer (anyhow's `{:#}`)
+// would repeat it ("safetensors: header too large: header too large").
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(e)
+    }
+}
+
+impl From<safetensors::SafeTensorError> for Error {
+    fn from(e: safetensors::SafeTensorError) -> Self {
+        Error::SafeTensors(e)
+    }
 }
 
 /// `Result` with this crate's [`Error`].

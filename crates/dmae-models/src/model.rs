@@ -187,8 +187,9 @@ impl Denoiser for ModelDenoiser<'_> {
     /// The prediction is detached: the parameters are `Var`s, so without it every sampling
     /// step's `x_t` would hold the autograd graph of all earlier steps alive (memory growing
     /// with the step count; the first 50-step DDIM run on CPU took twice as long as later ones).
+    /// The decode runs in [`dmae_core::no_grad`]: no op prepares a backward that cannot come.
     fn predict_x0(&mut self, x_t: &Tensor, t: &[usize]) -> dmae_diffusion::Result<Tensor> {
-        self.decode(x_t, t)
+        dmae_core::no_grad(|| self.decode(x_t, t))
             .map(|x0| x0.detach())
             .map_err(dmae_diffusion::Error::denoiser)
     }

@@ -73,8 +73,8 @@ pub struct LoopArgs {
     /// Seed of the initialisation, the data order and every random draw.
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
-    /// CPU threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// CPU threads, 1 to 1024 (default: all cores).
+    #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u64>,
     /// Checkpoint every N steps (and at the end).
     #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
@@ -196,7 +196,8 @@ pub fn open_training(
     batch_size: u64,
     seed: u64,
 ) -> Result<TrainingData> {
-    let spec: DataSpec = spec.parse()?;
+    // Everything wrong with the SPEC's text is a usage error (exit 2).
+    let spec: DataSpec = spec.parse().map_err(|e| Usage(format!("{e:#}")))?;
     if config.is_video() && spec == DataSpec::Bundled {
         bail!(
             "--data bundled: the model takes clips ({:?}); use --data moving-mnist[:opts] or frames:DIR",
@@ -246,6 +247,19 @@ pub fn open_training(
         batches_per_epoch,
         summary,
     })
+}
+
+/// clap value parser: a thread count, 1 to [`dmae_core::MAX_THREADS`]
+/// ([`dmae_core::check_threads`]; `--threads 100000` used to start threads without end).
+pub fn threads(s: &str) -> std::result::Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("expected a whole number of threads, got {s:?}"))?;
+    match dmae_core::check_threads(usize::try_from(n).unwrap_or(usize::MAX)) {
+        Ok(n) => Ok(n as u64),
+        Err(dmae_core::Error::InvalidArgument { msg, .. }) => Err(msg),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Errors unless a transformed sample has the model's input shape (images for an image model,
@@ -447,7 +461,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "cuda" => Device::new_cuda(0).context("--device cuda"),
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => Device::new_cuda(i).with_context(|| format!("--device {s}")),
-            _ => bail!("--device: expected cpu, cuda or cuda:<index>, got {s:?}"),
+            _ => bail!(Usage(format!(
+                "--device: expected cpu, cuda or cuda:<index>, got {s:?}"
+            ))),
         },
     }
 }
@@ -676,8 +692,16 @@ impl DataSpec {
                     "Moving-MNIST clips ({} frames, {} px, {} digit(s), seed {}) of the bundled {split} digits",
                     c.frames, c.canvas, c.num_digits, c.seed
                 );
+                // Its options come from the SPEC: a refused one is a usage error.
                 opened(
-                    Arc::new(MovingMnist::new(bundled_mnist(split)?, c)?),
+                    Arc::new(
+                        MovingMnist::new(bundled_mnist(split)?, c).map_err(|e| match e {
+                            dmae_data::Error::Config(m) => {
+                                Usage(format!("--data moving-mnist: {m}")).into()
+                            }
+                            e => anyhow::Error::from(e),
+                        })?,
+                    ),
                     split,
                     origin,
                 )

@@ -158,7 +158,23 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         resuming,
         file,
         mut args,
-    } = trainer::setup("finetune", args, config_path.as_deref(), &run, argv)?;
+        settings,
+    } = trainer::setup(
+        "finetune",
+        args,
+        config_path.as_deref(),
+        &run,
+        argv,
+        &[
+            "init",
+            "model",
+            "linear-probe",
+            "data",
+            "batch-size",
+            "accum-steps",
+            "seed",
+        ],
+    )?;
     let threads = crate::common::set_threads(args.run.threads)?;
     let device = parse_device(&args.run.device)?;
     let probe = args.linear_probe;
@@ -280,7 +296,7 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         None => None,
     };
     let start = if resuming {
-        let meta = trainer::load_state(&dir.join(trainer::STATE_FILE), &mut opt)?;
+        let meta = trainer::load_state(&dir.join(trainer::STATE_FILE), &mut opt, &settings)?;
         if meta.seed != args.run.seed {
             bail!(Usage(format!(
                 "--seed {}: the run in {} used seed {}",
@@ -331,6 +347,7 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         batch_size: args.run.batch_size,
         seed: args.run.seed,
         resume_hint: format!("dmae finetune --resume --out {}", dir.display()),
+        settings,
     };
     let mut task = Finetune {
         vars: opt.params.iter().map(|p| p.var.clone()).collect(),

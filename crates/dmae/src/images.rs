@@ -7,8 +7,6 @@
 //! grey, so a grid of `r` rows and `c` columns is `c·s·W + (c+1)·GRID_PAD` pixels wide and
 //! `r·s·H + (r+1)·GRID_PAD` high.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
@@ -38,15 +36,22 @@ pub fn display_scale(height: usize, width: usize) -> u32 {
 /// then fitted to its size by the evaluation [`Pipeline`] (resize to fill + center crop, the
 /// one resampling implementation of the project). Returns `(C, H, W)` f32 in [0, 1].
 pub fn load_image(path: &Path, config: &ModelConfig, device: &Device) -> Result<Tensor> {
-    let c = config.in_channels;
-    let named = |e: dmae_data::Error| anyhow::anyhow!("{}: {e}", path.display());
-    let channels = Channels::from_count(c).map_err(named)?;
+    let channels = Channels::from_count(config.in_channels)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let planes = dmae_data::decode::read_image(path, channels)?;
-    let sample = Sample::image(planes.data, planes.channels, planes.height, planes.width, 0)
-        .map_err(named)?;
-    let fitted = Pipeline::eval(config.image_size, c)
-        .and_then(|p| p.apply(sample, &mut sample_rng(0, 0, 0)))
-        .map_err(named)?;
+    fit_planes(planes, config, device).with_context(|| path.display().to_string())
+}
+
+/// Decoded planes (in the checkpoint's channels) fitted to its size by the evaluation
+/// [`Pipeline`], as `(C, H, W)` f32 in [0, 1] (files: [`load_image`]; `dmae serve`'s uploads).
+pub fn fit_planes(
+    planes: dmae_data::decode::Planes,
+    config: &ModelConfig,
+    device: &Device,
+) -> Result<Tensor> {
+    let sample = Sample::image(planes.data, planes.channels, planes.height, planes.width, 0)?;
+    let fitted = Pipeline::eval(config.image_size, config.in_channels)?
+        .apply(sample, &mut sample_rng(0, 0, 0))?;
     Ok(fitted.to_tensor(device)?)
 }
 
@@ -122,8 +127,12 @@ pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    img.save_with_format(path, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", path.display()))
+    // Encoded in memory, then written atomically: a killed run never leaves half a PNG.
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    dmae_models::write_atomic(path, &png)?;
+    Ok(())
 }
 
 /// Writes `frames` as an endlessly looping animated GIF, `delay_ms` per frame.
@@ -132,19 +141,23 @@ pub fn write_gif(path: &Path, frames: &[RgbImage], delay_ms: u32) -> Result<()> 
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let file = File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    let mut enc = GifEncoder::new_with_speed(BufWriter::new(file), 10);
-    enc.set_repeat(Repeat::Infinite)?;
-    for f in frames {
-        let rgba = DynamicImage::ImageRgb8(f.clone()).to_rgba8();
-        enc.encode_frame(Frame::from_parts(
-            rgba,
-            0,
-            0,
-            Delay::from_numer_denom_ms(delay_ms, 1),
-        ))
-        .with_context(|| format!("cannot encode {}", path.display()))?;
+    // Encoded in memory, then written atomically, as save_png.
+    let mut gif = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut gif, 10);
+        enc.set_repeat(Repeat::Infinite)?;
+        for f in frames {
+            let rgba = DynamicImage::ImageRgb8(f.clone()).to_rgba8();
+            enc.encode_frame(Frame::from_parts(
+                rgba,
+                0,
+                0,
+                Delay::from_numer_denom_ms(delay_ms, 1),
+            ))
+            .with_context(|| format!("cannot encode {}", path.display()))?;
+        }
     }
+    dmae_models::write_atomic(path, &gif)?;
     Ok(())
 }
 

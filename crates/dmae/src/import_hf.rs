@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use dmae_models::{DiffMae, ModelConfig};
 
 use crate::common::parse_device;
+use crate::settings::Usage;
 
 /// `dmae import-hf` flags.
 #[derive(clap::Args, Debug)]
@@ -64,6 +65,12 @@ pub fn summary(c: &ModelConfig) -> String {
 
 /// Runs `dmae import-hf`.
 pub fn run(args: Args) -> Result<()> {
+    if args.source.trim().is_empty() {
+        // Would be sent to the Hub as an empty repo id.
+        bail!(Usage(
+            "import-hf: SOURCE is empty: give a directory (config.json + model.safetensors) or a Hub repo id such as facebook/vit-mae-base".into()
+        ));
+    }
     let device = parse_device(&args.device)?;
     let path = Path::new(&args.source);
     let model = if path.is_dir() {
@@ -80,9 +87,8 @@ pub fn run(args: Args) -> Result<()> {
         DiffMae::from_hf_hub(&args.source, &device)
             .with_context(|| format!("cannot import hf://{}", args.source))?
     };
-    model
-        .save(&args.out)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    // The library's error says "cannot write PATH: cause" itself.
+    model.save(&args.out)?;
     println!("imported {}", args.source);
     println!("{}", summary(model.config()));
     println!(

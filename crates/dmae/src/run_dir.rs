@@ -33,61 +33,215 @@ pub fn utc_timestamp() -> String {
     )
 }
 
+/// The lock file of a run directory (see [`RunDir`]).
+pub const LOCK_FILE: &str = ".lock";
+
+/// A run directory opened by this process: locked for as long as the value lives (the process
+/// holds an exclusive lock on `DIR/.lock`, which names its process id), so that two commands
+/// never train into one directory. The operating system releases the lock when the process ends,
+/// however it ends: a lock left by a dead process is no lock, and the next command takes it.
+#[derive(Debug)]
+pub struct RunDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// This process made the directory (a fresh run's `runs/<timestamp>` or a new `--out`).
+    created: bool,
+    /// This process also made `runs/` for it.
+    created_runs: bool,
+    /// A fresh run (not `--resume`): until its first checkpoint it has nothing worth keeping.
+    fresh: bool,
+    /// Holds the lock (closing it releases the lock).
+    _lock: std::fs::File,
+}
+
+impl RunDir {
+    /// A fresh run (not `--resume`).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Removes what a fresh run wrote when it stopped before its first checkpoint (`marker`
+    /// absent): the whole directory if this process made it, else its contents (the directory
+    /// was empty when it was locked, so everything in it is this run's). A resumed run, or one
+    /// with a checkpoint, is left alone. Returns whether anything was removed.
+    pub fn discard_if_unfinished(&self, marker: &str) -> bool {
+        if !self.fresh || self.path.join(marker).exists() {
+            return false;
+        }
+        if self.created {
+            let removed = std::fs::remove_dir_all(&self.path).is_ok();
+            if self.created_runs {
+                // Only if empty: another command may have put a run there meanwhile.
+                let _ = std::fs::remove_dir("runs");
+            }
+            return removed;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return false;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+                _ => std::fs::remove_file(&p),
+            };
+        }
+        true
+    }
+}
+
+/// Takes the lock of `dir` (see [`RunDir`]), or says which process holds it.
+fn lock(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim().parse::<u32>() {
+                Ok(pid) => format!("process {pid}"),
+                Err(_) => "another process".into(),
+            };
+            bail!(
+                "{}: in use by {holder} (another dmae command is training in this run directory; \
+                 wait for it to end or stop it)",
+                dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    // The process id, for the message of a command that finds the directory locked.
+    (|| {
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())
+    })()
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
+}
+
+/// Whether `dir` holds nothing but (possibly) the lock file of an earlier command.
 fn is_empty_dir(dir: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
-        .next()
-        .is_none())
+        .filter_map(|e| e.ok())
+        .all(|e| e.file_name() == LOCK_FILE))
 }
 
-/// A fresh run directory: `out` if given (it must not exist or be empty), else
-/// `runs/<prefix><UTC timestamp>` (with `-2`, `-3`, ... when that exists already).
-pub fn fresh_dir(out: Option<&Path>, prefix: &str) -> Result<PathBuf> {
-    let dir = match out {
+/// Opens a fresh run directory: `out` if given (it must not exist, or be an empty directory),
+/// else `runs/<prefix><UTC timestamp>` (with `-2`, `-3`, ... when that exists already). The
+/// directory is locked before it is checked, so two commands given one `--out` never both run.
+pub fn fresh_dir(out: Option<&Path>, prefix: &str, marker: &str) -> Result<RunDir> {
+    let created_runs = out.is_none() && !Path::new("runs").exists();
+    let (path, created) = match out {
         Some(d) => {
-            if d.exists() && !(d.is_dir() && is_empty_dir(d)?) {
+            if d.exists() && !d.is_dir() {
                 bail!(
-                    "--out {}: exists and is not an empty directory (use --resume to continue \
-                     a run there, or choose another --out)",
+                    "--out {}: exists and is not a directory (choose another --out)",
                     d.display()
                 );
             }
-            d.to_path_buf()
+            let created = !d.exists();
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create the directory {}", d.display()))?;
+            (d.to_path_buf(), created)
         }
         None => {
             let base = format!("runs/{prefix}{}", utc_timestamp());
-            let mut dir = PathBuf::from(&base);
-            let mut k = 2;
-            while dir.exists() {
-                dir = PathBuf::from(format!("{base}-{k}"));
-                k += 1;
+            std::fs::create_dir_all("runs").context("cannot create the directory runs")?;
+            let mut k = 1;
+            loop {
+                let dir = match k {
+                    1 => PathBuf::from(&base),
+                    _ => PathBuf::from(format!("{base}-{k}")),
+                };
+                // create_dir, not create_dir_all: two commands started in the same second
+                // must not both take one name.
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => break (dir, true),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => k += 1,
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("cannot create the directory {}", dir.display())
+                        })
+                    }
+                }
             }
-            dir
         }
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+    let lock = lock(&path)?;
+    if !is_empty_dir(&path)? {
+        let what = if path.join(marker).is_file() {
+            "holds a run (use --resume to continue it, or choose another --out)".to_string()
+        } else {
+            format!(
+                "is not empty and holds no {marker} to resume from (remove it or choose another --out)"
+            )
+        };
+        bail!("--out {}: {what}", path.display());
+    }
+    Ok(RunDir {
+        path,
+        created,
+        created_runs,
+        fresh: true,
+        _lock: lock,
+    })
 }
 
-/// The directory `--resume` continues: `out`, or the newest directory under `runs/` holding
-/// `marker` (names are UTC timestamps, so the greatest name is the newest).
-pub fn resume_dir(out: Option<&Path>, marker: &str) -> Result<PathBuf> {
-    if let Some(d) = out {
-        if !d.join(marker).is_file() {
-            bail!("--resume: {} has no {marker} to resume from", d.display());
+/// Opens the run directory `--resume` continues: `out`, or the newest directory under `runs/`
+/// holding `marker` (names are UTC timestamps, so the greatest name is the newest). Locks it and
+/// removes the temporaries that killed processes left there (`samples/` too).
+pub fn resume_dir(out: Option<&Path>, marker: &str) -> Result<RunDir> {
+    let path = match out {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let mut dirs: Vec<PathBuf> = match std::fs::read_dir("runs") {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.join(marker).is_file())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            dirs.sort();
+            dirs.pop().with_context(|| {
+                format!("--resume: no run under runs/ has a {marker}; pass --out DIR")
+            })?
         }
-        return Ok(d.to_path_buf());
-    }
-    let mut dirs: Vec<PathBuf> = match std::fs::read_dir("runs") {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join(marker).is_file())
-            .collect(),
-        Err(_) => Vec::new(),
     };
-    dirs.sort();
-    dirs.pop()
-        .with_context(|| format!("--resume: no run under runs/ has a {marker}; pass --out DIR"))
+    if !path.is_dir() {
+        bail!("--resume: {} is not a run directory", path.display());
+    }
+    let lock = lock(&path)?;
+    if !path.join(marker).is_file() {
+        bail!(
+            "--resume: {} has no {marker}: the run stopped before its first checkpoint, so there \
+             is nothing to resume; remove the directory and start the run again",
+            path.display()
+        );
+    }
+    for d in [path.clone(), path.join("samples")] {
+        if d.is_dir() {
+            dmae_models::checkpoint::remove_stale_temporaries(&d)?;
+        }
+    }
+    Ok(RunDir {
+        path,
+        created: false,
+        created_runs: false,
+        fresh: false,
+        _lock: lock,
+    })
 }
 
 /// One line of `metrics.jsonl`.
@@ -130,14 +284,18 @@ impl MetricsLog {
             .create(true)
             .append(true)
             .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Self { path, file })
     }
 
-    /// Writes one row (one JSON object per line).
+    /// Writes one row (one JSON object per line) in one `write` call, so that a process killed
+    /// meanwhile leaves whole lines (and at worst a torn last one, which [`MetricsLog::read`]
+    /// drops).
     pub fn write(&mut self, row: &MetricsRow) -> Result<()> {
-        let line = serde_json::to_string(row)?;
-        writeln!(self.file, "{line}")
+        let mut line = serde_json::to_string(row)?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
@@ -149,7 +307,13 @@ impl MetricsLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        text.lines()
+        // A last line without its newline is a row whose write a kill interrupted: dropped.
+        let whole = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        whole
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .enumerate()
             .map(|(i, l)| {
@@ -165,7 +329,9 @@ impl MetricsLog {
 /// checkpoint; their old rows would otherwise appear twice). Rewrites atomically.
 pub fn truncate_metrics(dir: &Path, step: u64) -> Result<()> {
     let rows = MetricsLog::read(dir)?;
-    if rows.iter().all(|r| r.step <= step) {
+    let whole = std::fs::read(dir.join("metrics.jsonl"))
+        .map_or(true, |b| b.is_empty() || b.ends_with(b"\n"));
+    if whole && rows.iter().all(|r| r.step <= step) {
         return Ok(());
     }
     let mut text = String::new();

@@ -14,6 +14,7 @@ use dmae_models::{DiffMae, Inpainted, Inpainting, Masking, ModelConfig};
 
 use crate::common::{parse_device, unit_open, DataSpec, EvalData, VAL_FRACTION_HELP};
 use crate::images;
+use crate::settings::Usage;
 
 /// Columns of a trajectory strip (evenly spaced over the visited timesteps, first and last
 /// always included).
@@ -334,16 +335,23 @@ impl InpaintArgs {
             .mask
             .clone()
             .unwrap_or_else(|| MaskSpec::default_for(config));
+        // A mask or sampler the checkpoint cannot take is a usage error (exit 2).
         let kind = match self.sampler {
-            Some(a) if !config.is_diffusion() && a != SamplerArg::Mae => bail!(
+            Some(a) if !config.is_diffusion() && a != SamplerArg::Mae => bail!(Usage(format!(
                 "--sampler {}: this is an MAE checkpoint (mask-token decoder): it inpaints in one \
                  decoder call, use --sampler mae or leave --sampler out",
                 format!("{a:?}").to_lowercase()
-            ),
+            ))),
             Some(a) => a.kind(self.steps, self.eta),
             None => Inpainting::default_sampler(config, self.steps),
         };
-        let inpainting = Inpainting::new(config, spec.masking(config)?, kind)?;
+        let masking = spec.masking(config).map_err(|e| match spec {
+            // A mask file that cannot be read is a runtime error, like any input file.
+            MaskSpec::File(_) => e,
+            _ => Usage(format!("{e:#}")).into(),
+        })?;
+        let inpainting =
+            Inpainting::new(config, masking, kind).map_err(|e| Usage(format!("{e}")))?;
         Ok((spec, inpainting))
     }
 }
@@ -390,7 +398,9 @@ pub struct Args {
 /// Runs `dmae sample`.
 pub fn run(args: Args) -> Result<()> {
     let device = parse_device(&args.device)?;
-    ensure!(args.batch_size > 0, "--batch-size must be positive");
+    if args.batch_size == 0 {
+        bail!(Usage("--batch-size must be positive".into()));
+    }
     let model = load_model(&args.checkpoint, &device)?;
     let config = model.config().clone();
     // The mask is checked against the checkpoint before any input is read.

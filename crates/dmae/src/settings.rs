@@ -33,7 +33,7 @@ impl ConfigFile {
     /// [`ConfigFile::read`] from text.
     pub fn parse(text: &str, path: &str, section: &str) -> Result<Self> {
         let mut table: Table = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("--config {path}: not valid TOML: {}", one_line(&e)))?;
+            .map_err(|e| Usage(format!("--config {path}: not valid TOML: {}", one_line(&e))))?;
         let mut take = |key: &str| -> Result<Option<Table>> {
             match table.remove(key) {
                 None => Ok(None),
@@ -59,11 +59,25 @@ impl ConfigFile {
             return Ok(base);
         };
         let mut value = Value::try_from(&base).context("model config to TOML")?;
-        merge(&mut value, over, "model", &self.path)?;
+        // The keys a [model] table may hold: those of `base`, plus its optional tables that are
+        // absent when unset (`diffusion.clip`, which a CLIP run's config.toml holds).
+        let mut full = base.clone();
+        full.diffusion
+            .clip
+            .get_or_insert_with(|| dmae_models::ClipTarget {
+                model: String::new(),
+                dim: 0,
+                features: Default::default(),
+                weight: 1.0,
+            });
+        let schema = Value::try_from(&full).context("model config to TOML")?;
+        // What the file says is what the user typed: a refusal is a usage error.
+        merge(&mut value, &schema, over, "model", &self.path)
+            .map_err(|e| Usage(format!("{e:#}")))?;
         // Validated by the caller, once the flags (--decoder, --mae) are applied too.
         value
             .try_into()
-            .map_err(|e| anyhow::anyhow!("--config {}: [model]: {}", self.path, one_line(&e)))
+            .map_err(|e| Usage(format!("--config {}: [model]: {}", self.path, one_line(&e))).into())
     }
 
     /// The command's table as command-line arguments of `command` (`key = value` becomes
@@ -107,12 +121,15 @@ impl ConfigFile {
                 Value::Boolean(false) if !takes_value => {}
                 Value::String(s) => args.extend([flag, s.clone()]),
                 Value::Integer(i) => args.extend([flag, i.to_string()]),
-                Value::Float(f) => args.extend([flag, f.to_string()]),
+                // Debug, not Display: 1e308 stays "1e308" (Display writes all 309 digits).
+                Value::Float(f) => args.extend([flag, format!("{f:?}")]),
                 Value::Boolean(b) => args.extend([flag, b.to_string()]),
                 other => {
                     return Err(Usage(format!(
-                        "--config {}: [{section}]: `{key}` must be a number, a string or a boolean, got {other}",
-                        self.path
+                        "--config {}: [{section}]: `{key}` must be a number, a string or a boolean, got {} {}",
+                        self.path,
+                        if other.is_array() { "an" } else { "a" },
+                        other.type_str()
                     ))
                     .into())
                 }
@@ -191,26 +208,52 @@ fn clap_line(e: &clap::Error) -> String {
     line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
 
+/// `e` as one line, with numbers over 24 characters written short (serde prints the float
+/// `5e-324` with all its 323 zeros).
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string()
+    let text = e
+        .to_string()
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(|c: char| c.is_ascii_digit()) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-')))
+            .unwrap_or(rest.len());
+        let number = &rest[..len];
+        match number.parse::<f64>() {
+            Ok(x) if len > 24 => out.push_str(&format!("{x:?}")),
+            _ => out.push_str(number),
+        }
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
-/// Overwrites the keys of `over` in `base`; a key absent from `base` is unknown.
-fn merge(base: &mut Value, over: &Table, at: &str, path: &str) -> Result<()> {
+/// Overwrites the keys of `over` in `base`; a key absent from `schema` (`base` with its
+/// optional tables filled) is unknown, one absent from `base` only is inserted whole.
+fn merge(base: &mut Value, schema: &Value, over: &Table, at: &str, path: &str) -> Result<()> {
     let Value::Table(base) = base else {
         bail!("--config {path}: `{at}` is not a table");
     };
     for (k, v) in over {
         let here = format!("{at}.{k}");
+        let Some(known) = schema.get(k) else {
+            bail!("--config {path}: unknown key `{here}`");
+        };
         match base.get_mut(k) {
-            None => bail!("--config {path}: unknown key `{here}`"),
+            None => {
+                base.insert(k.clone(), v.clone());
+            }
             Some(slot @ Value::Table(_)) => match v {
-                Value::Table(t) => merge(slot, t, &here, path)?,
+                Value::Table(t) => merge(slot, known, t, &here, path)?,
                 _ => bail!("--config {path}: `{here}` must be a table"),
             },
             Some(slot) => *slot = v.clone(),
@@ -265,6 +308,23 @@ mod tests {
             e.contains("b.toml") && e.contains("model.encoder.width"),
             "{e}"
         );
+        // An optional table absent from the preset (a CLIP run's config.toml holds it).
+        let c = ConfigFile::parse(
+            "[model.diffusion]\ntarget = \"pixels+clip\"\n\
+             [model.diffusion.clip]\nmodel = \"t\"\ndim = 8\nweight = 0.5\n",
+            "e.toml",
+            "train",
+        )
+        .unwrap()
+        .model(ModelConfig::mnist())
+        .unwrap();
+        assert_eq!(c.diffusion.clip.map(|t| (t.dim, t.weight)), Some((8, 0.5)));
+        let e = ConfigFile::parse("[model.diffusion.clip]\nwidth = 8\n", "f.toml", "train")
+            .unwrap()
+            .model(ModelConfig::mnist())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.toml") && e.contains("width"), "{e}");
         let e = ConfigFile::parse("[optim]\nlr = 1\n", "c.toml", "train")
             .unwrap_err()
             .to_string();
@@ -300,3 +360,6 @@ mod tests {
         assert!(e.contains("g.toml"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz;

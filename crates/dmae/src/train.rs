@@ -119,7 +119,7 @@ pub struct Args {
 /// Runs `dmae train`; `argv` is the command line after `train` (for `--config` and
 /// `--resume`, whose tables go in front of it).
 pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
-    // A resumed run starts from its own config.toml; flags still override it.
+    // A resumed run starts from its own config.toml; flags still override it, except these.
     let config_path = args.config.clone();
     let run = args.run.clone();
     let trainer::RunSetup {
@@ -127,10 +127,26 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         resuming,
         file,
         mut args,
-    } = trainer::setup("train", args, config_path.as_deref(), &run, argv)?;
+        mut settings,
+    } = trainer::setup(
+        "train",
+        args,
+        config_path.as_deref(),
+        &run,
+        argv,
+        &["model", "data", "batch-size", "accum-steps", "seed"],
+    )?;
     let threads = crate::common::set_threads(args.run.threads)?;
     let device = parse_device(&args.run.device)?;
     let (config, clip) = clip_target(model_config(&args, &file)?, &args, &device)?;
+    if resuming {
+        // config.toml's [model] table is complete: merged over anything, it is the run's model.
+        trainer::check_resumed_model(&dir, &file.model(config.clone())?, &config)?;
+    }
+    settings.insert(
+        trainer::MODEL_SETTING.into(),
+        serde_json::to_string(&config)?,
+    );
     let compute = args.run.compute_dtype(&device)?;
     let data = open_training(
         &args.data,
@@ -204,7 +220,7 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
     }
 
     let start = if resuming {
-        let meta = trainer::load_state(&dir.join(trainer::STATE_FILE), &mut opt)?;
+        let meta = trainer::load_state(&dir.join(trainer::STATE_FILE), &mut opt, &settings)?;
         if meta.seed != args.run.seed {
             bail!(Usage(format!(
                 "--seed {}: the run in {} used seed {}",
@@ -287,6 +303,7 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         batch_size: args.run.batch_size,
         seed: args.run.seed,
         resume_hint: format!("dmae train --resume --out {}", dir.display()),
+        settings,
     };
     let mut task = Pretrain {
         shards: DataParallel::for_device(&device, threads, args.run.batch_size as usize)?,
