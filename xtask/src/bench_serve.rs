@@ -231,19 +231,22 @@ fn sample_once(
         "dmae sample failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // "sampled N input(s) in S s (...)"
+    // "sampled N input(s) in 450 ms (90.0 ms each): ..." or "... in 1.2 s (...)": the unit
+    // follows the number (dmae::sample's `duration`).
     stdout
         .lines()
         .find_map(|l| {
-            l.strip_prefix("sampled ")?
-                .split(" in ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
+            let mut words = l.strip_prefix("sampled ")?.split(" in ").nth(1)?.split(' ');
+            let value: f64 = words.next()?.parse().ok()?;
+            match words.next()? {
+                "ms" => Some(value / 1e3),
+                "s" => Some(value),
+                _ => None,
+            }
         })
-        .with_context(|| format!("no 'sampled ... in S s' line in dmae sample's output:\n{stdout}"))
+        .with_context(|| {
+            format!("no 'sampled ... in T ms|s' line in dmae sample's output:\n{stdout}")
+        })
 }
 
 /// A running `dmae serve` on a free port, stopped on drop.
