@@ -473,16 +473,14 @@ fn finetune_linear_probe_and_from_scratch_report_val_accuracy() {
     assert_eq!(w(pre.named_params(), n), w(probe.named_params(), n));
 }
 
-#[test]
-fn ctrl_c_saves_a_checkpoint_and_exits_130_and_the_run_resumes() {
-    let root = tmp("sigint");
-    let cfg = small_config(&root);
-    let out = root.join("run");
+/// Starts a 5,000-step training run of the small config into `out` and returns once its first
+/// step is logged, so its Ctrl-C handler is installed and a step is running.
+fn start_long_run(cfg: &Path, out: &Path) -> std::process::Child {
     let child = Command::new(env!("CARGO_BIN_EXE_dmae"))
         .args([
             "train",
             "--config",
-            s(&cfg),
+            s(cfg),
             "--steps",
             "5000",
             "--log-every",
@@ -490,21 +488,29 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130_and_the_run_resumes() {
             "--save-every",
             "4000",
             "--out",
-            s(&out),
+            s(out),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the first logged step, so the handler is installed and a step is running.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !out.join("metrics.jsonl").is_file() || losses(&out).is_empty() {
+    while !out.join("metrics.jsonl").is_file() || losses(out).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "no step logged in 120 s"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130_and_the_run_resumes() {
+    let root = tmp("sigint");
+    let cfg = small_config(&root);
+    let out = root.join("run");
+    let child = start_long_run(&cfg, &out);
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -789,29 +795,7 @@ fn a_second_ctrl_c_leaves_a_consistent_run_directory() {
     let root = tmp("sigint2");
     let cfg = small_config(&root);
     let out = root.join("run");
-    let child = Command::new(env!("CARGO_BIN_EXE_dmae"))
-        .args([
-            "train",
-            "--config",
-            s(&cfg),
-            "--steps",
-            "5000",
-            "--log-every",
-            "1",
-            "--save-every",
-            "4000",
-            "--out",
-            s(&out),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !out.join("metrics.jsonl").is_file() || losses(&out).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no step logged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = start_long_run(&cfg, &out);
     for _ in 0..2 {
         let pid = child.id().to_string();
         assert!(Command::new("kill")
