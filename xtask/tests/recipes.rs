@@ -226,6 +226,7 @@ fn moving_mnist_recipe_runs_end_to_end_on_real_digit_clips() {
             ("finetune_steps", "2"),
             ("eval_limit", "2"),
             ("classify_limit", "32"),
+            ("val_limit", "32"),
         ],
         &out,
         &dmae,

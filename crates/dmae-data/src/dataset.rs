@@ -295,6 +295,48 @@ pub fn spread_over_classes(dataset: &dyn Dataset, count: usize) -> Result<Vec<us
     Ok(out)
 }
 
+/// The samples of another dataset at chosen indices, in that order: a limited validation split
+/// (`dmae finetune --val-limit`), a class-balanced pick ([`spread_over_classes`]). Classes, labels
+/// and the flip default are the parent's.
+pub struct Subset {
+    parent: Arc<dyn Dataset>,
+    indices: Vec<usize>,
+}
+
+impl Subset {
+    /// The samples of `parent` at `indices`; errors with [`Error::IndexOutOfRange`] on an index
+    /// the parent does not have.
+    pub fn new(parent: Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Self> {
+        for &i in &indices {
+            check_index(i, parent.len())?;
+        }
+        Ok(Self { parent, indices })
+    }
+
+    fn parent_index(&self, index: usize) -> Result<usize> {
+        check_index(index, self.indices.len())?;
+        Ok(self.indices[index])
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+    fn classes(&self) -> &[String] {
+        self.parent.classes()
+    }
+    fn get(&self, index: usize) -> Result<Sample> {
+        self.parent.get(self.parent_index(index)?)
+    }
+    fn label_of(&self, index: usize) -> Result<u32> {
+        self.parent.label_of(self.parent_index(index)?)
+    }
+    fn default_flip(&self) -> bool {
+        self.parent.default_flip()
+    }
+}
+
 /// Errors with [`Error::IndexOutOfRange`] unless `index < len`.
 pub(crate) fn check_index(index: usize, len: usize) -> Result<()> {
     if index < len {

@@ -56,7 +56,7 @@ pub mod transforms;
 
 pub use bundled::{bundled_mnist, bundled_mnist_dir, datasets_dir, DATASETS_ENV};
 pub use cifar::{Cifar, CifarKind};
-pub use dataset::{spread_over_classes, Dataset, Sample, Split};
+pub use dataset::{spread_over_classes, Dataset, Sample, Split, Subset};
 pub use decode::Channels;
 pub use error::{Error, Result};
 pub use folder::ImageFolder;

@@ -127,3 +127,32 @@ fn missing_bundled_data_is_a_clear_error() {
     assert!(err.contains("mnist"), "{err}");
     assert!(bundled_mnist(Split::Test).is_err());
 }
+
+/// `Subset`: the parent's samples at the chosen indices (what `dmae finetune --val-limit` reads).
+#[test]
+fn a_subset_of_the_bundled_digits_reads_the_chosen_ones() {
+    use dmae_data::{spread_over_classes, Error, Subset};
+    use std::sync::Arc;
+    let val: Arc<dyn Dataset> = Arc::new(bundled_mnist(Split::Val).unwrap());
+    let picks = spread_over_classes(val.as_ref(), 20).unwrap();
+    let sub = Subset::new(val.clone(), picks.clone()).unwrap();
+    assert_eq!(sub.len(), 20);
+    assert_eq!(sub.classes(), val.classes());
+    let mut labels: Vec<u32> = (0..20).map(|i| sub.label_of(i).unwrap()).collect();
+    for (i, &p) in picks.iter().enumerate() {
+        assert_eq!(sub.get(i).unwrap().data(), val.get(p).unwrap().data());
+    }
+    labels.sort_unstable();
+    assert_eq!(labels, (0..10).flat_map(|c| [c, c]).collect::<Vec<u32>>());
+    assert!(matches!(
+        sub.get(20),
+        Err(Error::IndexOutOfRange { index: 20, len: 20 })
+    ));
+    assert!(matches!(
+        Subset::new(val, vec![2_000]),
+        Err(Error::IndexOutOfRange {
+            index: 2_000,
+            len: 2_000
+        })
+    ));
+}

@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
@@ -14,7 +15,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use clap::Parser;
 use dmae_core::optim::{Ema, LrSchedule};
 use dmae_core::{AdamWConfig, DataParallel, Param};
-use dmae_data::{Batch, Loader, LoaderConfig};
+use dmae_data::{Batch, Loader, LoaderConfig, Subset};
 use dmae_models::{Classifier, DiffMae, ModelConfig, Pool};
 use serde::Serialize;
 
@@ -74,6 +75,11 @@ pub struct Args {
     /// Evaluate val top-1 every N steps (always at the end).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_every: Option<u64>,
+    /// Evaluate on at most N validation samples (spread over the classes for images, the first N
+    /// clips for video) instead of the whole split: for quick runs; figures from different limits
+    /// do not compare.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub val_limit: Option<u64>,
     #[command(flatten)]
     #[serde(flatten)]
     pub run: LoopArgs,
@@ -213,7 +219,7 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         fraction: args.prep.val_fraction,
         on_train: args.val_on_train,
     };
-    let (val, val_summary) = open_val(&args.data, &config, val_split)?;
+    let (val, val_summary) = open_val(&args.data, &config, val_split, args.val_limit)?;
     let num_classes = data.loader.dataset().num_classes();
     if num_classes == 0 {
         bail!("--data {}: the dataset has no classes", args.data);
@@ -385,12 +391,22 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
 
 /// The validation split behind a fixed-order loader (full last batch kept) through the
 /// evaluation pipeline, and its start-up line.
-fn open_val(spec: &str, config: &ModelConfig, val: ValSplit) -> Result<(Loader, String)> {
+fn open_val(
+    spec: &str,
+    config: &ModelConfig,
+    val: ValSplit,
+    limit: Option<u64>,
+) -> Result<(Loader, String)> {
     let spec: DataSpec = spec.parse()?;
     let data = EvalData::open(&spec, config, val)?;
-    let summary = data.summary();
+    let mut summary = data.summary();
+    let mut dataset = data.dataset.clone();
+    if let Some(n) = limit.map(|n| n as usize).filter(|&n| n < dataset.len()) {
+        summary += &format!("; --val-limit: {n} of its {} samples", dataset.len());
+        dataset = Arc::new(Subset::new(dataset, data.pick(n)?)?);
+    }
     let loader = Loader::from_arc(
-        data.dataset,
+        dataset,
         LoaderConfig {
             batch_size: 250,
             shuffle: false,
