@@ -28,7 +28,7 @@ pub mod preprocess;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::clip::{text_model, vision_model};
 use dmae_diffusion::PatchGrid;
 use serde::Deserialize;
@@ -36,6 +36,7 @@ use serde::Deserialize;
 pub use features::{resample_grid, ClipFeatureConfig, ClipFeatureNorm};
 pub use preprocess::ClipPreprocess;
 
+use crate::block::LayerNorm;
 use crate::error::{check_shape, Error, Result};
 
 /// candle-transformers hard-codes this LayerNorm eps in its CLIP.
@@ -269,7 +270,9 @@ pub struct ClipVision {
     config: HfClipVisionConfig,
     preprocess: ClipPreprocess,
     tower: vision_model::ClipVisionTransformer,
-    post_layernorm: candle_nn::LayerNorm,
+    /// CLIP's final LayerNorm, through dmae-core's fused op (the tower's own blocks run inside
+    /// candle-transformers, frozen).
+    post_layernorm: LayerNorm,
     device: Device,
 }
 
@@ -336,11 +339,11 @@ impl ClipVision {
                 shape: t.dims().to_vec(),
             });
         }
-        let post_layernorm = candle_nn::LayerNorm::new(
-            ts["post_layernorm.weight"].clone(),
-            ts["post_layernorm.bias"].clone(),
-            CLIP_LAYER_NORM_EPS,
-        );
+        let post_layernorm = LayerNorm {
+            weight: ts["post_layernorm.weight"].clone(),
+            bias: ts["post_layernorm.bias"].clone(),
+            eps: CLIP_LAYER_NORM_EPS,
+        };
         let vb = candle_nn::VarBuilder::from_tensors(ts, DType::F32, device);
         let tower = vision_model::ClipVisionTransformer::new(vb, &config.candle())?;
         Ok(Self {
@@ -686,6 +689,22 @@ mod tests {
             .patch_features(&out, &ClipFeatureConfig::default())
             .unwrap();
         assert_eq!(f.dims(), &[3, 4, 8]);
+        // Our post_layernorm (dmae-core's op) on the class token is the tower's pooled output
+        // (candle-transformers' own LayerNorm).
+        let cls = out
+            .last_hidden_state
+            .narrow(1, 0, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let pooled = v.post_layernorm.forward(&cls).unwrap();
+        let d = (pooled - &out.pooler_output)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         let ln = ClipFeatureConfig {
             layer: 1,
             norm: ClipFeatureNorm::Layernorm,
