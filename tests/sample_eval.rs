@@ -382,6 +382,113 @@ fn eval_reports_inpainting_and_classifier_metrics() {
     );
 }
 
+/// `--samples`, `--compare` and `--sheet`: the draws of one masked input differ only in the
+/// masked region, the compared MAE sees the same mask, and draw 1 is what `--samples 1` gives.
+#[test]
+fn sample_draws_compares_and_writes_a_sheet() {
+    let f = fixture();
+    let out = f.root.join("sample-sheet");
+    let args = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "sample",
+            "--checkpoint",
+            s(&f.diffmae),
+            "--data",
+            "bundled",
+            "--count",
+            "2",
+            "--mask",
+            "random:0.5",
+            "--steps",
+            "5",
+            "--seed",
+            "3",
+            "--out",
+        ];
+        a.push(s(out));
+        a.extend_from_slice(extra);
+        ok(&a.iter().map(|x| &**x).collect::<Vec<_>>())
+    };
+    let stdout = args(&out, &["--samples", "3", "--compare", s(&f.mae), "--sheet"]);
+    assert!(
+        stdout.contains("[masked | MAE | DiffMAE 1 | DiffMAE 2 | DiffMAE 3 | truth]"),
+        "{stdout}"
+    );
+    let files = sampled(&out);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let cell =
+        |img: &image::RgbImage, col: u32, x: u32, y: u32| img.get_pixel(2 + col * 86 + x, 2 + y).0;
+    for file in &files {
+        let img = image::open(file).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), grid_size(1, 6, 28), "{}", file.display());
+        let (mut hidden, mut differ) = (0, 0);
+        for y in 0..84 {
+            for x in 0..84 {
+                let truth = cell(&img, 5, x, y);
+                if cell(&img, 0, x, y) == [128, 128, 128] && truth != [128, 128, 128] {
+                    hidden += 1;
+                    differ += usize::from(cell(&img, 2, x, y) != cell(&img, 3, x, y));
+                } else {
+                    // Visible pixels are pasted back unchanged in every column.
+                    for col in 1..5 {
+                        assert_eq!(cell(&img, col, x, y), truth, "{} col {col}", file.display());
+                    }
+                }
+            }
+        }
+        assert!(
+            hidden > 84 * 84 / 4,
+            "{}: {hidden} hidden pixels",
+            file.display()
+        );
+        assert!(
+            differ > hidden / 4,
+            "{}: draws 1 and 2 agree on {hidden} - {differ}",
+            file.display()
+        );
+    }
+    // One sheet: the rows of both inputs under six labelled columns.
+    let sheet = image::open(out.join("sheet.png")).unwrap().to_rgb8();
+    let (w, h) = grid_size(2, 6, 28);
+    assert_eq!(sheet.width(), w);
+    assert!(
+        (h + 7..=h + 40).contains(&sheet.height()),
+        "{:?}",
+        sheet.dimensions()
+    );
+
+    // Draw 1 is the single sample of the same seed.
+    let single = f.root.join("sample-single");
+    args(&single, &[]);
+    for (a, b) in sampled(&single).iter().zip(&files) {
+        let (a, b) = (
+            image::open(a).unwrap().to_rgb8(),
+            image::open(b).unwrap().to_rgb8(),
+        );
+        for y in 0..84 {
+            for x in 0..84 {
+                assert_eq!(cell(&a, 1, x, y), cell(&b, 2, x, y));
+            }
+        }
+    }
+    // A checkpoint that cuts inputs differently cannot share the mask: a usage error.
+    fails(
+        &[
+            "sample",
+            "--checkpoint",
+            s(&f.diffmae),
+            "--data",
+            "bundled",
+            "--compare",
+            s(&f.video),
+            "--out",
+            s(&f.root.join("sample-bad")),
+        ],
+        2,
+        "one mask cannot serve both",
+    );
+}
+
 #[test]
 fn video_sample_writes_a_gif() {
     let f = fixture();
@@ -399,6 +506,9 @@ fn video_sample_writes_a_gif() {
         "--steps",
         "4",
         "--trajectory",
+        "--samples",
+        "2",
+        "--sheet",
         "--out",
         s(&out),
     ]);
@@ -410,7 +520,19 @@ fn video_sample_writes_a_gif() {
         .collect_frames()
         .unwrap();
     assert_eq!(frames.len(), 4);
-    assert_eq!(frames[0].buffer().dimensions(), grid_size(1, 3, 32));
+    assert_eq!(frames[0].buffer().dimensions(), grid_size(1, 4, 32));
+    // The sheet: both clips as rows of [masked | DiffMAE 1 | DiffMAE 2 | truth], labelled.
+    let file = std::io::BufReader::new(std::fs::File::open(out.join("sheet.gif")).unwrap());
+    let sheet = image::codecs::gif::GifDecoder::new(file)
+        .unwrap()
+        .into_frames()
+        .collect_frames()
+        .unwrap();
+    assert_eq!(sheet.len(), 4);
+    let (w, h) = grid_size(2, 4, 32);
+    let (sw, sh) = sheet[0].buffer().dimensions();
+    assert_eq!(sw, w);
+    assert!((h + 7..=h + 40).contains(&sh), "{sw}x{sh}");
     assert!(out.join("val_00001_frames/frame_003.png").is_file());
     assert_labelled_strip(&out.join("val_00001_trajectory.png"), 4, 4, 32);
     // Interpolation masks work too; eval scores clips per frame.

@@ -384,6 +384,18 @@ pub struct Args {
     /// Also write the strip of x0 predictions from t = T-1 to 0.
     #[arg(long)]
     pub trajectory: bool,
+    /// Draws per input: N inpaintings of the same masked input with different sampler noise
+    /// (DiffMAE generates; the draws show what it is unsure about).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub samples: u64,
+    /// A second checkpoint (e.g. an MAE baseline) that inpaints the same masked inputs with its
+    /// own default sampler; shown in a column after the masked input.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub compare: Option<PathBuf>,
+    /// Also write every input on one labelled sheet: sheet.png (clips: sheet.gif), a row per
+    /// input, columns [masked | compare | samples | truth].
+    #[arg(long)]
+    pub sheet: bool,
     /// Images per sampler batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -406,6 +418,16 @@ pub fn run(args: Args) -> Result<()> {
     // The mask is checked against the checkpoint before any input is read.
     let (mask_spec, inpainting) = args.inpaint.resolve(&config)?;
     let inpainting = inpainting.with_trajectory(args.trajectory);
+    let compare = match &args.compare {
+        Some(path) => Some(load_compare(
+            path,
+            &config,
+            &inpainting,
+            &args.inpaint,
+            &device,
+        )?),
+        None => None,
+    };
     let inputs = match (&args.input, &args.data) {
         (Some(p), _) => read_inputs(p, &config, &device)?,
         (None, Some(spec)) => {
@@ -419,25 +441,71 @@ pub fn run(args: Args) -> Result<()> {
     ensure!(!inputs.is_empty(), "no input to sample");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let labels = column_labels(&inpainting, compare.as_ref().map(|c| &c.1), args.samples);
     let start = Instant::now();
     let mut written = Vec::new();
+    let mut sheet_rows: Vec<Vec<Tensor>> = Vec::new();
     for (b, chunk) in inputs.chunks(args.batch_size).enumerate() {
         let batch = Tensor::stack(&chunk.iter().map(|(_, t)| t).collect::<Vec<_>>(), 0)?;
-        let r = inpainting.run(&model, &batch, RngKey::new(args.seed, b as u64))?;
-        for (i, (name, _)) in chunk.iter().enumerate() {
-            written.extend(write_one(&args.out, name, &r, i, config.is_video())?);
+        let key = RngKey::new(args.seed, b as u64);
+        // One mask per input for every draw and for the compared model.
+        let mask = inpainting.mask.sample(&config, chunk.len(), key, &device)?;
+        let mut draws = Vec::with_capacity(args.samples as usize);
+        for k in 0..args.samples {
+            // Draw 0 is what `--samples 1` gives; the others take their own noise streams.
+            let noise = RngKey::new(args.seed, b as u64 | (k << 32));
+            draws.push(inpainting.run_with(&model, &batch, mask.clone(), noise, None)?);
         }
+        let first = &draws[0];
+        let mut columns = vec![images::grey_out(&first.input, &first.pixel_mask)?];
+        if let Some((other, with)) = &compare {
+            columns.push(
+                with.run_with(other, &batch, mask.clone(), key, None)?
+                    .sample,
+            );
+        }
+        columns.extend(draws.iter().map(|d| d.sample.clone()));
+        columns.push(first.input.clone());
+        for (i, (name, _)) in chunk.iter().enumerate() {
+            let row = columns
+                .iter()
+                .map(|c| Ok(c.get(i)?.unsqueeze(0)?))
+                .collect::<Result<Vec<_>>>()?;
+            written.extend(write_one(
+                &args.out,
+                name,
+                &row,
+                first,
+                i,
+                config.is_video(),
+            )?);
+            if args.sheet {
+                sheet_rows.push(row);
+            }
+        }
+    }
+    if args.sheet {
+        written.push(write_sheet(
+            &args.out,
+            &sheet_rows,
+            &labels,
+            config.is_video(),
+        )?);
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "sampled {} input(s) in {} ({} each): {}, mask {}, seed {}",
+        "sampled {} input(s) x {} draw(s) in {} ({} each): {}, mask {}, seed {}",
         inputs.len(),
+        args.samples,
         duration(secs),
         duration(secs / inputs.len() as f64),
         describe(&inpainting),
         describe_mask(&mask_spec, &inpainting, &config)?,
         args.seed
     );
+    if let (Some(path), Some((_, with))) = (&args.compare, &compare) {
+        println!("compared with {} ({})", path.display(), describe(with));
+    }
     if args.trajectory {
         let ts = inpainting.sampler().timesteps();
         let cols: Vec<usize> = spaced(ts.len(), TRAJECTORY_COLUMNS)
@@ -453,18 +521,116 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "wrote {} file(s) to {} ([masked input | sample | ground truth] per input)",
+        "wrote {} file(s) to {} ([{}] per input)",
         written.len(),
-        args.out.display()
+        args.out.display(),
+        labels.join(" | ")
     );
     Ok(())
 }
 
-/// Writes the pictures of sample `i` of a batch; returns the paths written.
-fn write_one(out: &Path, name: &str, r: &Inpainted, i: usize, video: bool) -> Result<Vec<PathBuf>> {
+/// `--compare`: the second checkpoint and its default inpainting with our mask. It must cut
+/// inputs of the same size into the same patches, so that one mask hides the same pixels.
+fn load_compare(
+    path: &Path,
+    config: &ModelConfig,
+    ours: &Inpainting,
+    flags: &InpaintArgs,
+    device: &Device,
+) -> Result<(DiffMae, Inpainting)> {
+    let other = load_model(path, device)?;
+    let c = other.config();
+    let grid = |c: &ModelConfig| (c.input_dims(), c.patch_size, c.tubelet);
+    if grid(c) != grid(config) {
+        bail!(Usage(format!(
+            "--compare {}: takes inputs {:?} in {}-pixel patches (tubelet {}), --checkpoint \
+             {:?} in {}-pixel patches (tubelet {}): one mask cannot serve both",
+            path.display(),
+            c.input_dims(),
+            c.patch_size,
+            c.tubelet,
+            config.input_dims(),
+            config.patch_size,
+            config.tubelet
+        )));
+    }
+    let kind = Inpainting::default_sampler(c, flags.steps);
+    let with = Inpainting::new(c, ours.mask.clone(), kind)
+        .with_context(|| format!("--compare {}", path.display()))?;
+    Ok((other, with))
+}
+
+/// The column labels of the pictures: masked, the compared model, the draws, the truth.
+fn column_labels(ours: &Inpainting, compare: Option<&Inpainting>, samples: u64) -> Vec<String> {
+    let name = |i: &Inpainting| match i.sampler().kind() {
+        SamplerKind::Mae => "MAE",
+        _ => "DiffMAE",
+    };
+    let mut labels = vec!["masked".to_string()];
+    labels.extend(compare.map(|c| name(c).to_string()));
+    if samples == 1 {
+        labels.push(name(ours).to_string());
+    } else {
+        labels.extend((1..=samples).map(|k| format!("{} {k}", name(ours))));
+    }
+    labels.push("truth".into());
+    labels
+}
+
+/// `sheet.png` (images) or `sheet.gif` (clips): the rows of every input under labelled
+/// columns.
+fn write_sheet(
+    out: &Path,
+    rows: &[Vec<Tensor>],
+    labels: &[String],
+    video: bool,
+) -> Result<PathBuf> {
+    let cat = |row: &[Tensor]| -> Result<Tensor> { Ok(Tensor::cat(row, 0)?) };
+    if !video {
+        let rows = rows.iter().map(|r| cat(r)).collect::<Result<Vec<_>>>()?;
+        let p = out.join("sheet.png");
+        let grid = images::grid_image(&rows)?;
+        images::save_png(
+            &p,
+            &dmae::label::label_columns(&grid, labels, images::GRID_PAD),
+        )?;
+        return Ok(p);
+    }
+    let frames = rows
+        .first()
+        .and_then(|r| r.first())
+        .map_or(Ok(0), |t| t.dim(2))?;
+    let pictures = (0..frames)
+        .map(|f| {
+            let rows = rows
+                .iter()
+                .map(|r| cat(&r.iter().map(|c| frame(c, f)).collect::<Result<Vec<_>>>()?))
+                .collect::<Result<Vec<_>>>()?;
+            let grid = images::grid_image(&rows)?;
+            Ok(dmae::label::label_columns(&grid, labels, images::GRID_PAD))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let p = out.join("sheet.gif");
+    images::write_gif(&p, &pictures, 250)?;
+    Ok(p)
+}
+
+/// Frame `f` of clips `(N, C, T, H, W)` as images `(N, C, H, W)`.
+fn frame(t: &Tensor, f: usize) -> Result<Tensor> {
+    Ok(t.narrow(2, f, 1)?.squeeze(2)?)
+}
+
+/// Writes the pictures of input `i` of a batch, `row` its columns (each `(1, ...)`, see
+/// [`column_labels`]) and the trajectory of `r`, its first draw; returns the paths written.
+fn write_one(
+    out: &Path,
+    name: &str,
+    row: &[Tensor],
+    r: &Inpainted,
+    i: usize,
+    video: bool,
+) -> Result<Vec<PathBuf>> {
     let one = |t: &Tensor| -> Result<Tensor> { Ok(t.get(i)?.unsqueeze(0)?) };
-    let masked_input = images::grey_out(&r.input, &r.pixel_mask)?;
-    let (masked, sample, truth) = (one(&masked_input)?, one(&r.sample)?, one(&r.input)?);
     let steps = spaced(r.trajectory.len(), TRAJECTORY_COLUMNS);
     // Trajectory strips carry their timesteps over the columns.
     let t_labels =
@@ -474,31 +640,30 @@ fn write_one(out: &Path, name: &str, r: &Inpainted, i: usize, video: bool) -> Re
     let mut paths = Vec::new();
     if !video {
         let p = out.join(format!("{name}.png"));
-        images::write_grid(&p, &[Tensor::cat(&[&masked, &sample, &truth], 0)?])?;
+        images::write_grid(&p, &[Tensor::cat(row, 0)?])?;
         paths.push(p);
         if !steps.is_empty() {
-            let row = steps
+            let strip = steps
                 .iter()
                 .map(|&k| one(&r.trajectory[k].1))
                 .collect::<Result<Vec<_>>>()?;
             let p = out.join(format!("{name}_trajectory.png"));
-            let grid = images::grid_image(&[Tensor::cat(&row, 0)?])?;
+            let grid = images::grid_image(&[Tensor::cat(&strip, 0)?])?;
             images::save_png(&p, &labelled(&grid))?;
             paths.push(p);
         }
         return Ok(paths);
     }
-    // Clips (1, C, T, H, W): one [masked | sample | truth] picture per frame.
-    let frames = truth.dim(2)?;
-    let frame = |t: &Tensor, f: usize| -> Result<Tensor> { Ok(t.narrow(2, f, 1)?.squeeze(2)?) };
+    // Clips (1, C, T, H, W): one picture of the columns per frame.
+    let frames = row[0].dim(2)?;
     let dir = out.join(format!("{name}_frames"));
     let mut pictures = Vec::with_capacity(frames);
     for f in 0..frames {
-        let row = Tensor::cat(
-            &[frame(&masked, f)?, frame(&sample, f)?, frame(&truth, f)?],
-            0,
-        )?;
-        let pic = images::grid_image(&[row])?;
+        let cells = row
+            .iter()
+            .map(|c| frame(c, f))
+            .collect::<Result<Vec<_>>>()?;
+        let pic = images::grid_image(&[Tensor::cat(&cells, 0)?])?;
         let p = dir.join(format!("frame_{f:03}.png"));
         images::save_png(&p, &pic)?;
         paths.push(p);
