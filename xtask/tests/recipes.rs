@@ -111,12 +111,12 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
         ("finetune_steps", "4"),
         ("probe_steps", "3"),
         ("classifier_steps", "20"),
-        ("decoder_steps", "3"),
+        ("lever_steps", "3"),
         ("eval_limit", limit_s.as_str()),
         ("ddpm_limit", "2"),
     ];
     let stdout = run_recipe("recipes/mnist-evidence.toml", &budget, &out, &dmae);
-    assert!(stdout.contains("46 stages"), "{stdout}");
+    assert!(stdout.contains("95 stages"), "{stdout}");
 
     // Every table of the evidence is in the summary, filled by the eval stages.
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
@@ -125,7 +125,9 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
         "Recognition: val top-1",
         "Inpainting (center:0.25 mask), masked region",
         "Inpainting (random:0.75 mask), masked region",
-        "Decoders (center mask, DDIM 50, 3 pre-training steps)",
+        "Levers (center:0.25 mask, DDIM 50, 3 pre-training steps, seed 0)",
+        "Levers (random:0.75 mask, DDIM 50, 3 pre-training steps, seed 0)",
+        "Sampler (center:0.25 mask, DiffMAE seed 0, 6 pre-training steps)",
     ] {
         assert!(summary.contains(title), "no table {title:?} in\n{summary}");
     }
@@ -141,7 +143,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
 
     // Recognition: 10 classifiers, each evaluated on all 2,000 real validation digits.
     let recog = results(&out, "eval-");
-    assert_eq!(recog.len(), 11, "{:?}", recog.iter().map(|r| &r.0));
+    assert_eq!(recog.len(), 16, "{:?}", recog.iter().map(|r| &r.0));
     for (name, r) in &recog {
         assert_eq!(num(r, "count", name), 2000.0, "{name}");
         assert_eq!(r["data"], "bundled", "{name}");
@@ -152,7 +154,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
     // Inpainting: the classifier-feature metrics exist for every sampler and mask, computed on
     // the bundled validation digits.
     let inpaint = results(&out, "inpaint-");
-    assert_eq!(inpaint.len(), 15, "{:?}", inpaint.iter().map(|r| &r.0));
+    assert_eq!(inpaint.len(), 44, "{:?}", inpaint.iter().map(|r| &r.0));
     let real_acc = num(&inpaint[0].1, "classifier_accuracy_real", &inpaint[0].0);
     for (name, r) in &inpaint {
         let ddpm = name.contains("ddpm");
@@ -185,7 +187,12 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
     assert_eq!(num(&direct, "top1", "classify"), real_acc);
 
     // The figures are real PNGs: the trajectory strips and MAE's reconstructions.
-    for dir in ["figures/diffmae", "figures/mae"] {
+    for dir in [
+        "figures/diffmae",
+        "figures/mae",
+        "figures/compare-center",
+        "figures/compare-random",
+    ] {
         let pngs: Vec<PathBuf> = std::fs::read_dir(out.join(dir))
             .unwrap_or_else(|e| panic!("{dir}: {e}"))
             .map(|e| e.unwrap().path())
@@ -196,6 +203,13 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
             let img = image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(img.width() > 28 && img.height() >= 28, "{}", p.display());
         }
+    }
+    for sheet in ["compare-center", "compare-random"] {
+        let p = out.join("figures").join(sheet).join("sheet.png");
+        let img = image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        // 8 digits as rows of masked | MAE | 3 DiffMAE draws | truth, 3x scaled, labelled.
+        assert_eq!(img.width(), 6 * 84 + 7 * 2, "{}", p.display());
+        assert!(img.height() > 8 * 84 + 9 * 2, "{}", p.display());
     }
     assert!(
         std::fs::read_dir(out.join("figures/diffmae"))
@@ -211,7 +225,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
     // A second run resumes: every stage is skipped and the summary is the same tables.
     let again = run_recipe("recipes/mnist-evidence.toml", &budget, &out, &dmae);
     let skipped = again.matches("(done, skipped)").count();
-    assert!(skipped >= 44, "only {skipped} stages skipped:\n{again}");
+    assert!(skipped >= 93, "only {skipped} stages skipped:\n{again}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

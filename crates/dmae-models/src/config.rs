@@ -91,10 +91,13 @@ pub enum ScheduleKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataRange {
-    /// As they are, [0, 1] (the project's first recipe).
-    #[default]
+    /// As they are, [0, 1] (the project's first recipe; what a checkpoint that does not state
+    /// its range was trained with).
     Unit,
     /// `2x − 1`, [−1, 1]: zero-mean data against unit-variance noise, as DDPM codebases do.
+    /// The default: on the bundled digits it lowers the x0 loss and removes the speckle of
+    /// [0, 1] samples (issue 17, docs/results.md).
+    #[default]
     Symmetric,
 }
 
@@ -166,11 +169,11 @@ fn unit_weight() -> f64 {
 }
 
 /// The diffusion settings a model is trained and sampled with; stored with the model (in
-/// every checkpoint) so a sampler always uses the schedule the model learnt. Checkpoints
-/// written before these settings existed load with the defaults: linear, `T = 1000`, ρ = 1 on
-/// ᾱ, x0 prediction, [0, 1] pixels.
+/// every checkpoint) so a sampler always uses the schedule the model learnt. A setting a
+/// checkpoint does not state (it was written before the setting existed) loads as what such
+/// models were trained with ([`DiffusionConfig::unstated`]), not as today's default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default = "DiffusionConfig::unstated", deny_unknown_fields)]
 pub struct DiffusionConfig {
     /// Base schedule.
     pub schedule: ScheduleKind,
@@ -202,7 +205,7 @@ impl Default for DiffusionConfig {
             rho: 1.0,
             rho_target: RhoTarget::AlphaBar,
             prediction: Prediction::X0,
-            data_range: DataRange::Unit,
+            data_range: DataRange::default(),
             loss_weighting: Weighting::Uniform,
             min_snr_gamma: 5.0,
             target: Target::Pixels,
@@ -212,6 +215,16 @@ impl Default for DiffusionConfig {
 }
 
 impl DiffusionConfig {
+    /// What a checkpoint meant by a setting it does not state: the settings of the models
+    /// trained before the setting existed (linear, `T = 1000`, ρ = 1 on ᾱ, x0 prediction,
+    /// [0, 1] pixels, uniform weighting).
+    pub fn unstated() -> Self {
+        Self {
+            data_range: DataRange::Unit,
+            ..Self::default()
+        }
+    }
+
     /// The [`ScheduleConfig`] of these settings.
     pub fn schedule_config(&self) -> ScheduleConfig {
         ScheduleConfig {
@@ -342,6 +355,7 @@ pub struct ModelConfig {
     /// Train on per-patch normalised pixels (MAE's norm_pix_loss); informs the loss, not the net.
     pub norm_pix_loss: bool,
     /// The diffusion process (schedule, prediction, pixel scaling; unused by MAE models).
+    #[serde(default = "DiffusionConfig::unstated")]
     pub diffusion: DiffusionConfig,
 }
 

@@ -115,8 +115,17 @@ fn diffusion_settings_travel_with_the_checkpoint() {
     let mut json: serde_json::Value = serde_json::from_str(&cfg().to_json().unwrap()).unwrap();
     json.as_object_mut().unwrap().remove("diffusion");
     let old = ModelConfig::from_json(&json.to_string()).unwrap();
-    assert_eq!(old.diffusion, dmae_models::DiffusionConfig::default());
+    assert_eq!(old.diffusion, dmae_models::DiffusionConfig::unstated());
+    assert_eq!(old.diffusion.data_range, dmae_models::DataRange::Unit);
     assert_eq!(old.diffusion.noise_schedule().unwrap(), default);
+    // A table written before `data_range` existed: [0, 1], whatever today's default.
+    json["diffusion"] = serde_json::json!({ "schedule": "cosine" });
+    let partial = ModelConfig::from_json(&json.to_string()).unwrap();
+    assert_eq!(partial.diffusion.data_range, dmae_models::DataRange::Unit);
+    assert_eq!(
+        ModelConfig::mnist().diffusion.data_range,
+        dmae_models::DataRange::Symmetric
+    );
 }
 
 #[test]
