@@ -553,6 +553,31 @@ fn video_sample_writes_a_gif() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["count"], 4);
     assert!(v["psnr"].as_f64().unwrap() > 0.0);
+    // A tube mask hides the same pixels in every frame: their change from frame to frame is
+    // scored against the truth's (on these 32-px canvases a digit moves every other frame).
+    let stdout = ok(&[
+        "eval",
+        "--checkpoint",
+        s(&f.video),
+        "--data",
+        "moving-mnist:frames=4,canvas=32,len=4",
+        "--task",
+        "inpaint",
+        "--mask",
+        "tube:0.5",
+        "--steps",
+        "3",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let real = v["temporal_change_real"].as_f64().unwrap();
+    let ratio = v["temporal_change_ratio"].as_f64().unwrap();
+    assert!(real > 0.0 && real < 1.0, "{v}");
+    assert!(ratio.is_finite() && ratio > 0.0, "{v}");
+    assert!(
+        (v["temporal_change"].as_f64().unwrap() / real - ratio).abs() < 1e-9,
+        "{v}"
+    );
 }
 
 #[test]

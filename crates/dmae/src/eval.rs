@@ -10,7 +10,11 @@
 //!   averaged over the masked pixels, then over images) and `sharpness_ratio`
 //!   (Σ over images of the mean gradient magnitude of the sample in the masked region / the same
 //!   sum for the ground truth; 1 = as sharp as real digits, below 1 = blurrier). Clips are scored
-//!   per frame (frames without masked pixels skipped) and averaged.
+//!   per frame (frames without masked pixels skipped) and averaged; for clips also
+//!   `temporal_change` (mean |x_{f+1} − x_f| over the pixels masked in consecutive frames: how
+//!   much the generated region moves), the same for the truth (`temporal_change_real`) and
+//!   their ratio `temporal_change_ratio` (1 = moves as much as the truth, below 1 frozen or
+//!   blurred, above 1 flickering).
 //!   With `--feature-classifier CKPT` (a classifier trained on the train split): its accuracy on
 //!   the inpainted images (`classifier_accuracy`; on the real images `classifier_accuracy_real`)
 //!   and the Fréchet distance between its pre-head features (pooled, after `fc_norm`) of the
@@ -269,6 +273,8 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     let (mut sharp_sample, mut sharp_truth) = (0.0, 0.0);
     let (mut clf_hits, mut clf_hits_real) = (0usize, 0usize);
     let (mut feat_fake, mut feat_real) = (Vec::new(), Vec::new());
+    // Clips: frame-to-frame change in the masked region, sample and truth (sums, pixels).
+    let (mut change_sample, mut change_truth, mut change_px) = (0.0, 0.0, 0usize);
     for (b, lo) in (0..n).step_by(args.batch_size).enumerate() {
         let (x, labels) = batch(&ds, lo..(lo + args.batch_size).min(n), device)?;
         let r = inpainting.run(&model, &x, RngKey::new(args.seed, b as u64))?;
@@ -289,6 +295,19 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
             scored += 1;
             sharp_sample += metrics::masked_sharpness(f, &m, h, w).unwrap_or(0.0);
             sharp_truth += metrics::masked_sharpness(t, &m, h, w).unwrap_or(0.0);
+        }
+        if config.is_video() {
+            let t = config.num_frames;
+            let masks: Vec<Vec<bool>> = pm
+                .iter()
+                .map(|m| m[..h * w].iter().map(|&v| v > 0.5).collect())
+                .collect();
+            for ((f, r), m) in fake.chunks(t).zip(real.chunks(t)).zip(masks.chunks(t)) {
+                let (s, px) = metrics::masked_frame_change(f, m, h, w);
+                change_sample += s;
+                change_truth += metrics::masked_frame_change(r, m, h, w).0;
+                change_px += px;
+            }
         }
         if let Some(c) = &clf {
             let k = c.num_classes().min(5);
@@ -317,6 +336,19 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
             f64::NAN
         }),
     );
+    if change_px > 0 {
+        let px = change_px as f64;
+        out.insert("temporal_change".into(), json!(change_sample / px));
+        out.insert("temporal_change_real".into(), json!(change_truth / px));
+        out.insert(
+            "temporal_change_ratio".into(),
+            json!(if change_truth > 0.0 {
+                change_sample / change_truth
+            } else {
+                f64::NAN
+            }),
+        );
+    }
     if let Some(c) = &clf {
         out.insert(
             "classifier_accuracy".into(),

@@ -9,6 +9,7 @@
 //! | [`masked_mse`] / [`psnr`] | `MSE = mean over masked pixels and channels of (x − y)²`; `PSNR = 10 log10(1 / max(MSE, 1e-10))` dB |
 //! | [`ssim_map`] / [`masked_ssim`] | SSIM (Wang et al. 2004, eq. 13) with an 11x11 Gaussian window, σ = 1.5, `C1 = 0.01²`, `C2 = 0.03²`, computed at **every pixel of the full image** (the window truncated at the border and renormalised), then averaged over the masked pixels and the channels |
 //! | [`gradient_magnitude`] / [`masked_sharpness`] | `|∇I| = √(gx² + gy²)` with forward differences (0 past the last row/column), channel mean, averaged over the masked pixels |
+//! | [`masked_frame_change`] | clips: `Σ |x_{f+1} − x_f|` (channel mean) over consecutive frame pairs and the pixels masked in both frames, with the number of such pixels (its mean is how much the generated region moves) |
 //! | [`frechet_distance`] | `FD = |μ1 − μ2|² + tr(S1 + S2 − 2 (S1^½ S2 S1^½)^½)` (Dowson & Landau 1982; FID's formula) over feature sets, f64, symmetric square roots by Jacobi eigen-decomposition |
 //! | [`top_k_hit`] | the label is among the `k` largest logits (ties resolved in the label's favour) |
 
@@ -163,6 +164,34 @@ pub fn masked_sharpness(img: &[f32], mask: &[bool], h: usize, w: usize) -> Optio
         .filter(|(_, &m)| m)
         .fold((0.0, 0usize), |(s, n), (v, _)| (s + v, n + 1));
     (count > 0).then(|| sum / count as f64)
+}
+
+/// The frame-to-frame change of a clip inside its masked region: `(Σ |x_{f+1} − x_f|, pixels)`
+/// over consecutive frames `(C, H, W)` and the pixels masked in both (channel mean). Comparing
+/// the sample's mean with the truth's tells a frozen fill (below) from a flickering one (above).
+pub fn masked_frame_change(
+    frames: &[Vec<f32>],
+    masks: &[Vec<bool>],
+    h: usize,
+    w: usize,
+) -> (f64, usize) {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (pair, m) in frames.windows(2).zip(masks.windows(2)) {
+        let c = pair[0].len() / (h * w).max(1);
+        for p in 0..h * w {
+            if !(m[0][p] && m[1][p]) {
+                continue;
+            }
+            let d: f64 = (0..c)
+                .map(|k| {
+                    (f64::from(pair[1][k * h * w + p]) - f64::from(pair[0][k * h * w + p])).abs()
+                })
+                .sum();
+            sum += d / c.max(1) as f64;
+            count += 1;
+        }
+    }
+    (sum, count)
 }
 
 /// Whether `label` is among the `k` largest `logits`: fewer than `k` logits are strictly
@@ -397,6 +426,20 @@ mod tests {
         let mask: Vec<bool> = (0..12).map(|i| i % 4 <= 1).collect();
         assert_eq!(masked_sharpness(&img, &mask, 3, 4), Some(0.5));
         assert_eq!(masked_sharpness(&[0.3; 12], &mask, 3, 4), Some(0.0));
+    }
+
+    #[test]
+    fn frame_change_counts_pixels_masked_in_both_frames() {
+        // 1 channel, 1 x 2 pixels, 3 frames; pixel 0 masked in frames 0-1, pixel 1 in all.
+        let frames = vec![vec![0.0, 0.0], vec![0.5, 1.0], vec![0.5, 0.25]];
+        let masks = vec![vec![true, true], vec![true, true], vec![false, true]];
+        let (sum, n) = masked_frame_change(&frames, &masks, 1, 2);
+        assert_eq!(n, 3);
+        assert!((sum - (0.5 + 1.0 + 0.75)).abs() < 1e-12);
+        assert_eq!(
+            masked_frame_change(&frames[..1], &masks[..1], 1, 2),
+            (0.0, 0)
+        );
     }
 
     #[test]
