@@ -131,6 +131,11 @@ pub fn set_threads(threads: Option<u64>) -> Result<usize> {
     Ok(rayon::current_num_threads())
 }
 
+/// The model preset of `dmae train` and `dmae finetune --init none` without `--model`: a
+/// 96x4 encoder under a 128x4 decoder (`ModelConfig::mnist_small`): its DiffMAE samples become
+/// digits on the bundled data within minutes of CPU (issue 17, docs/results.md).
+pub const DEFAULT_PRESET: &str = "mnist-small";
+
 /// The help of `--val-fraction` (train, finetune, eval, sample: the same images in each).
 pub const VAL_FRACTION_HELP: &str = "folder:DIR without val/: hold out this fraction of each \
 class's training images as the validation split (stratified; chosen by a hash of the file names, so \

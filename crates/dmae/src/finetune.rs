@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, help = VAL_ON_TRAIN_HELP)]
     pub val_on_train: bool,
     /// Model preset for `--init none`.
-    #[arg(long, value_name = "PRESET", default_value = "mnist")]
+    #[arg(long, value_name = "PRESET", default_value = crate::common::DEFAULT_PRESET)]
     pub model: String,
     /// `--init none`: the model's image size N (N x N, a multiple of the patch size) instead of
     /// the preset's. A checkpoint keeps its own size.

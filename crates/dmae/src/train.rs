@@ -29,10 +29,11 @@ use crate::common::{
 use crate::settings::{self, ConfigFile, Usage};
 use crate::trainer::{self, Optimizer, Plan, Task};
 
-/// Default optimiser steps of `dmae train` with no arguments. The mnist preset (6.5M
-/// parameters) at batch 64 takes about 0.5-0.65 s per step on 2 idle cores (README
-/// "dmae train"), so 240 steps take 2-3 minutes.
-pub const DEFAULT_STEPS: u64 = 240;
+/// Default optimiser steps of `dmae train` with no arguments: the `mnist-small` preset at
+/// batch 64 trains about 5.5 steps a second on 2 idle cores, so 1,500 steps take under 5
+/// minutes (README "dmae train"). Fewer steps leave the samples fragments of strokes
+/// (issue 17: grey blobs at 240 steps, digits at 3,000, docs/results.md).
+pub const DEFAULT_STEPS: u64 = 1500;
 
 /// Validation inputs in each `samples/` grid.
 const PREVIEW_COUNT: usize = 8;
@@ -57,7 +58,7 @@ pub struct Args {
     pub prep: DataArgs,
     /// Model preset: mnist, mnist-small, moving-mnist, tiny-32, tiny-64, tiny, small, base,
     /// large, huge.
-    #[arg(long, value_name = "PRESET", default_value = "mnist")]
+    #[arg(long, value_name = "PRESET", default_value = crate::common::DEFAULT_PRESET)]
     pub model: String,
     /// The model's image size N (N x N pixels; a multiple of the patch size), instead of the
     /// preset's; every image is cropped or resized to it.
