@@ -512,22 +512,20 @@ fn video_sample_writes_a_gif() {
         "--out",
         s(&out),
     ]);
-    use image::AnimationDecoder;
-    let file = std::io::BufReader::new(std::fs::File::open(out.join("val_00001.gif")).unwrap());
-    let frames = image::codecs::gif::GifDecoder::new(file)
-        .unwrap()
-        .into_frames()
-        .collect_frames()
-        .unwrap();
+    let gif = |name: &str| {
+        use image::AnimationDecoder;
+        let file = std::io::BufReader::new(std::fs::File::open(out.join(name)).unwrap());
+        image::codecs::gif::GifDecoder::new(file)
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap()
+    };
+    let frames = gif("val_00001.gif");
     assert_eq!(frames.len(), 4);
     assert_eq!(frames[0].buffer().dimensions(), grid_size(1, 4, 32));
     // The sheet: both clips as rows of [masked | DiffMAE 1 | DiffMAE 2 | truth], labelled.
-    let file = std::io::BufReader::new(std::fs::File::open(out.join("sheet.gif")).unwrap());
-    let sheet = image::codecs::gif::GifDecoder::new(file)
-        .unwrap()
-        .into_frames()
-        .collect_frames()
-        .unwrap();
+    let sheet = gif("sheet.gif");
     assert_eq!(sheet.len(), 4);
     let (w, h) = grid_size(2, 4, 32);
     let (sw, sh) = sheet[0].buffer().dimensions();
@@ -535,41 +533,30 @@ fn video_sample_writes_a_gif() {
     assert!((h + 7..=h + 40).contains(&sh), "{sw}x{sh}");
     assert!(out.join("val_00001_frames/frame_003.png").is_file());
     assert_labelled_strip(&out.join("val_00001_trajectory.png"), 4, 4, 32);
-    // Interpolation masks work too; eval scores clips per frame.
-    let stdout = ok(&[
-        "eval",
-        "--checkpoint",
-        s(&f.video),
-        "--data",
-        "moving-mnist:frames=4,canvas=32,len=4",
-        "--task",
-        "inpaint",
-        "--mask",
-        "middle:2",
-        "--steps",
-        "3",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // Interpolation masks work too; eval scores clips per frame. A tube mask hides the same
+    // pixels in every frame: their change from frame to frame is scored against the truth's (on
+    // these 32-px canvases a digit moves every other frame, so `middle:2` may see no motion).
+    let eval = |mask: &str| -> serde_json::Value {
+        let stdout = ok(&[
+            "eval",
+            "--checkpoint",
+            s(&f.video),
+            "--data",
+            "moving-mnist:frames=4,canvas=32,len=4",
+            "--task",
+            "inpaint",
+            "--mask",
+            mask,
+            "--steps",
+            "3",
+            "--json",
+        ]);
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    let v = eval("middle:2");
     assert_eq!(v["count"], 4);
     assert!(v["psnr"].as_f64().unwrap() > 0.0);
-    // A tube mask hides the same pixels in every frame: their change from frame to frame is
-    // scored against the truth's (on these 32-px canvases a digit moves every other frame).
-    let stdout = ok(&[
-        "eval",
-        "--checkpoint",
-        s(&f.video),
-        "--data",
-        "moving-mnist:frames=4,canvas=32,len=4",
-        "--task",
-        "inpaint",
-        "--mask",
-        "tube:0.5",
-        "--steps",
-        "3",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = eval("tube:0.5");
     let real = v["temporal_change_real"].as_f64().unwrap();
     let ratio = v["temporal_change_ratio"].as_f64().unwrap();
     assert!(real > 0.0 && real < 1.0, "{v}");

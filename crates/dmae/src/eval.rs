@@ -328,25 +328,22 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     out.insert("sampler".into(), json!(sample::describe(&inpainting)));
     out.insert("psnr".into(), json!(psnr_sum / scored as f64));
     out.insert("ssim".into(), json!(ssim_sum / scored as f64));
-    out.insert(
-        "sharpness_ratio".into(),
-        json!(if sharp_truth > 0.0 {
-            sharp_sample / sharp_truth
+    // Sample over truth; NaN (JSON null) when the truth has none of the quantity.
+    let ratio = |sample: f64, truth: f64| {
+        json!(if truth > 0.0 {
+            sample / truth
         } else {
             f64::NAN
-        }),
-    );
+        })
+    };
+    out.insert("sharpness_ratio".into(), ratio(sharp_sample, sharp_truth));
     if change_px > 0 {
         let px = change_px as f64;
         out.insert("temporal_change".into(), json!(change_sample / px));
         out.insert("temporal_change_real".into(), json!(change_truth / px));
         out.insert(
             "temporal_change_ratio".into(),
-            json!(if change_truth > 0.0 {
-                change_sample / change_truth
-            } else {
-                f64::NAN
-            }),
+            ratio(change_sample, change_truth),
         );
     }
     if let Some(c) = &clf {
