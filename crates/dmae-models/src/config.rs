@@ -510,6 +510,16 @@ impl ModelConfig {
     pub fn is_diffusion(&self) -> bool {
         self.decoder.masked_input == MaskedInput::NoisyPatch
     }
+    /// The scale of the pixels the decoder regresses: the diffusion's data range for DiffMAE
+    /// models; MAE models (never diffused) regress pixels in [0, 1] whatever
+    /// `diffusion.data_range` says.
+    pub fn pixel_range(&self) -> DataRange {
+        if self.is_diffusion() {
+            self.diffusion.data_range
+        } else {
+            DataRange::Unit
+        }
+    }
     /// Whether inputs are video clips (`num_frames > 1`).
     pub fn is_video(&self) -> bool {
         self.num_frames > 1

@@ -107,7 +107,7 @@ impl Inpainting {
         }
         mask.num_masked(config)?;
         let schedule: NoiseSchedule = config.diffusion.noise_schedule()?;
-        let range = config.diffusion.data_range;
+        let range = config.pixel_range();
         let sampler = Sampler::new(schedule, kind)?.with_clip_x0(Some(range.bounds()))?;
         Ok(Self {
             mask,

@@ -106,7 +106,7 @@ impl Pretraining {
             mask: Masking::default_for(config)?,
             schedule: config.diffusion.noise_schedule()?,
             prediction: config.diffusion.prediction,
-            data_range: config.diffusion.data_range,
+            data_range: config.pixel_range(),
             weighting: config.diffusion.loss_weighting(),
             loss: X0Loss {
                 norm_pix: config.norm_pix_loss,

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use dmae_diffusion::{MaskStrategy, NoiseSchedule, Prediction, RngKey, SamplerKind};
+use dmae_diffusion::{Denoiser, MaskStrategy, NoiseSchedule, Prediction, RngKey, SamplerKind};
 use dmae_models::{
     CrossSource, DataRange, DecoderKind, DiffMae, Inpainting, Masking, ModelConfig, Pretraining,
     ScheduleKind,
@@ -191,6 +191,23 @@ fn mae_models_inpaint_in_one_call_only() {
         .unwrap();
     assert_eq!(out.trajectory.len(), 1);
     assert_eq!(kept(&out.sample, &images, &out.pixel_mask), 0.0);
+    // MAE regresses [0, 1] pixels (they are never diffused): its prediction is pasted as it is,
+    // whatever the diffusion's data range (by default [-1, 1]) says.
+    assert_eq!(c.diffusion.data_range, DataRange::Symmetric);
+    let patches = c.patchify(&images).unwrap();
+    let (x0_v, x0_m) = out.mask.split(&patches).unwrap();
+    let ctx = model.encode(&x0_v, &out.mask).unwrap();
+    let t = vec![c.diffusion.timesteps - 1; 2];
+    let raw = model
+        .denoiser(&ctx, &out.mask)
+        .predict_x0(&x0_m.zeros_like().unwrap(), &t)
+        .unwrap();
+    let want = c
+        .unpatchify(&out.mask.merge(&x0_v, &raw).unwrap())
+        .unwrap()
+        .clamp(0f32, 1f32)
+        .unwrap();
+    assert!(common::max_abs_diff(&out.sample, &want) < 1e-6);
     // A video mask on an image model is refused before anything runs.
     let video = Masking::future_frames(&ModelConfig::moving_mnist(), 2).unwrap();
     assert!(Inpainting::new(&c, video, SamplerKind::Mae).is_err());
