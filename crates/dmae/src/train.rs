@@ -30,8 +30,8 @@ use crate::settings::{self, ConfigFile, Usage};
 use crate::trainer::{self, Optimizer, Plan, Task};
 
 /// Default optimiser steps of `dmae train` with no arguments: the `mnist-small` preset at
-/// batch 64 trains about 5.5 steps a second on 2 idle cores, so 1,500 steps take under 5
-/// minutes (README "dmae train"). Fewer steps leave the samples fragments of strokes
+/// batch 64 trains about 6 steps a second on 2 idle cores, so 1,500 steps take 4 minutes
+/// (239 s measured, README "dmae train"). Fewer steps leave the samples fragments of strokes
 /// (issue 17: grey blobs at 240 steps, digits at 3,000, docs/results.md).
 pub const DEFAULT_STEPS: u64 = 1500;
 
