@@ -281,27 +281,26 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
         let (fake, _, h, w) = frames(&r.sample)?;
         let (real, ..) = frames(&r.input)?;
         let (pm, ..) = frames(&r.pixel_mask)?;
-        for ((f, t), m) in fake.iter().zip(&real).zip(&pm) {
-            // The mask is the same in every channel: take the first plane.
-            let m: Vec<bool> = m[..h * w].iter().map(|&v| v > 0.5).collect();
+        // The mask is the same in every channel: take the first plane.
+        let masks: Vec<Vec<bool>> = pm
+            .iter()
+            .map(|m| m[..h * w].iter().map(|&v| v > 0.5).collect())
+            .collect();
+        for ((f, t), m) in fake.iter().zip(&real).zip(&masks) {
             let (Some(mse), Some(s)) = (
-                metrics::masked_mse(f, t, &m),
-                metrics::masked_ssim(f, t, &m, h, w),
+                metrics::masked_mse(f, t, m),
+                metrics::masked_ssim(f, t, m, h, w),
             ) else {
                 continue;
             };
             psnr_sum += metrics::psnr(mse);
             ssim_sum += s;
             scored += 1;
-            sharp_sample += metrics::masked_sharpness(f, &m, h, w).unwrap_or(0.0);
-            sharp_truth += metrics::masked_sharpness(t, &m, h, w).unwrap_or(0.0);
+            sharp_sample += metrics::masked_sharpness(f, m, h, w).unwrap_or(0.0);
+            sharp_truth += metrics::masked_sharpness(t, m, h, w).unwrap_or(0.0);
         }
         if config.is_video() {
             let t = config.num_frames;
-            let masks: Vec<Vec<bool>> = pm
-                .iter()
-                .map(|m| m[..h * w].iter().map(|&v| v > 0.5).collect())
-                .collect();
             for ((f, r), m) in fake.chunks(t).zip(real.chunks(t)).zip(masks.chunks(t)) {
                 let (s, px) = metrics::masked_frame_change(f, m, h, w);
                 change_sample += s;

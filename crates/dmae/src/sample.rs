@@ -441,6 +441,8 @@ pub fn run(args: Args) -> Result<()> {
     ensure!(!inputs.is_empty(), "no input to sample");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    // Draws after the first skip the trajectory (only the first one's is written).
+    let more_draws = inpainting.clone().with_trajectory(false);
     let labels = column_labels(&inpainting, compare.as_ref().map(|c| &c.1), args.samples);
     let start = Instant::now();
     let mut written = Vec::new();
@@ -454,7 +456,8 @@ pub fn run(args: Args) -> Result<()> {
         for k in 0..args.samples {
             // Draw 0 is what `--samples 1` gives; the others take their own noise streams.
             let noise = RngKey::new(args.seed, b as u64 | (k << 32));
-            draws.push(inpainting.run_with(&model, &batch, mask.clone(), noise, None)?);
+            let with = if k == 0 { &inpainting } else { &more_draws };
+            draws.push(with.run_with(&model, &batch, mask.clone(), noise, None)?);
         }
         let first = &draws[0];
         let mut columns = vec![images::grey_out(&first.input, &first.pixel_mask)?];
