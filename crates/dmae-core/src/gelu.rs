@@ -97,9 +97,9 @@ fn value_and_derivative<T: Real>(kind: Gelu, x: T) -> (T, T) {
     let half = cpu::c::<T>(0.5);
     match kind {
         Gelu::Erf => {
-            // erf(x/√2) and exp(-x²/2) from one exp.
-            let (erf, gauss) = (x * cpu::c(INV_SQRT_2)).erf_and_gauss();
-            let cdf = half * (T::one() + erf);
+            // Φ(x) = (1 + erf(x/√2)) / 2, φ(x) = exp(-x²/2)/√(2π); the value alone needs no `exp`.
+            let cdf = half * (T::one() + (x * cpu::c(INV_SQRT_2)).erf());
+            let gauss = (-half * x * x).exp_fast();
             (x * cdf, cdf + x * cpu::c::<T>(INV_SQRT_2PI) * gauss)
         }
         Gelu::Tanh => {
