@@ -142,17 +142,25 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [T::zero(); 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
+    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let (a, b) = (lanes(a), lanes(b));
         for l in 0..8 {
-            acc[l] += a[8 * i + l] * b[8 * i + l];
+            acc[l] += a[l] * b[l];
         }
     }
     let mut tail = T::zero();
-    for i in chunks * 8..n {
+    for i in n / 8 * 8..n {
         tail += a[i] * b[i];
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// A chunk of `chunks_exact(8)` as an array: indexing it needs no bounds checks, which in the
+/// reductions here kept LLVM from vectorising the eight accumulators (scalar `vaddss`/`vmaxss` in
+/// the profile of softmax and layer norm).
+#[inline(always)]
+pub(crate) fn lanes<T>(c: &[T]) -> &[T; 8] {
+    c.try_into().expect("chunks_exact(8)")
 }
 
 /// `y += alpha * x`.
@@ -464,14 +472,14 @@ unsafe fn gemm_raw<T: Real>(
 #[allow(clippy::needless_range_loop)]
 pub(crate) fn sum<T: Real>(a: &[T]) -> T {
     let mut acc = [T::zero(); 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
+    for c in a.chunks_exact(8) {
+        let c = lanes(c);
         for l in 0..8 {
-            acc[l] += a[8 * i + l];
+            acc[l] += c[l];
         }
     }
     let mut tail = T::zero();
-    for &v in &a[chunks * 8..] {
+    for &v in a.chunks_exact(8).remainder() {
         tail += v;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
@@ -481,15 +489,14 @@ pub(crate) fn sum<T: Real>(a: &[T]) -> T {
 #[inline(always)]
 pub(crate) fn max<T: Real>(a: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
+    for c in a.chunks_exact(8) {
+        let c = lanes(c);
         for l in 0..8 {
-            let v = a[8 * i + l];
-            acc[l] = if v > acc[l] { v } else { acc[l] };
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
         }
     }
     let mut m = T::neg_infinity();
-    for &v in acc.iter().chain(&a[chunks * 8..]) {
+    for &v in acc.iter().chain(a.chunks_exact(8).remainder()) {
         m = if v > m { v } else { m };
     }
     m

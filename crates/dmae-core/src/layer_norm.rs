@@ -98,15 +98,15 @@ fn stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
     let mean = cpu::sum(x) / n;
     // cpu::dot of x - mean with itself, without storing x - mean.
     let mut acc = [T::zero(); 8];
-    let chunks = x.len() / 8;
-    for i in 0..chunks {
+    for c in x.chunks_exact(8) {
+        let c = cpu::lanes(c);
         for l in 0..8 {
-            let v = x[8 * i + l] - mean;
+            let v = c[l] - mean;
             acc[l] += v * v;
         }
     }
     let mut tail = T::zero();
-    for &v in &x[chunks * 8..] {
+    for &v in x.chunks_exact(8).remainder() {
         tail += (v - mean) * (v - mean);
     }
     let ss =
