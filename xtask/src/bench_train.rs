@@ -452,16 +452,20 @@ struct TorchResult {
     peak_rss_kib: Option<u64>,
 }
 
-/// The reference script's `--preset/--img/--patch/--chans` for our preset, if it has one.
-fn torch_preset(model: &str) -> Option<(&'static str, usize, usize, usize)> {
-    Some(match model {
-        "mnist" => ("tiny", 28, 4, 1),
-        "tiny" => ("tiny", 224, 16, 3),
-        "small" => ("small", 224, 16, 3),
-        "base" => ("base", 224, 16, 3),
-        "large" => ("large", 224, 16, 3),
-        _ => return None,
-    })
+/// The reference's network for our model: `(enc_dim, enc_depth, enc_heads, dec_dim, dec_depth,
+/// dec_heads)` (its `PRESETS` tuple, registered under our preset's name before its `main` runs, so
+/// presets the script does not list, such as `mnist-small`, run the same network), image side and
+/// channels. None for what the reference cannot build: clips, non-square images, MLP ratios other
+/// than its 4, or a decoder other than its cross-self one.
+fn torch_network(cfg: &ModelConfig) -> Option<([usize; 6], usize, usize)> {
+    let (e, d) = (&cfg.encoder, &cfg.decoder);
+    let square = cfg.image_size[0] == cfg.image_size[1];
+    let ratio4 = e.mlp_ratio == 4.0 && d.mlp_ratio == 4.0;
+    (cfg.num_frames == 1 && square && ratio4 && d.kind == DecoderKind::CrossSelf).then_some((
+        [e.dim, e.depth, e.heads, d.dim, d.depth, d.heads],
+        cfg.image_size[0],
+        cfg.in_channels,
+    ))
 }
 
 fn find_python(args: &TrainArgs) -> Option<PathBuf> {
@@ -499,14 +503,15 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
         );
         return Ok(None);
     }
-    let Some((preset, img, patch, chans)) = torch_preset(&args.model) else {
+    let Some((widths, img, chans)) = torch_network(cfg) else {
         println!(
-            "--torch: the reference has no preset matching {:?}; skipping PyTorch",
+            "--torch: the reference cannot build {:?} (clips, non-square images, an MLP ratio \
+             other than 4 or a decoder other than cross-self); skipping PyTorch",
             args.model
         );
         return Ok(None);
     };
-    debug_assert_eq!(cfg.patch_size, patch);
+    let patch = cfg.patch_size;
     let Some(python) = find_python(args) else {
         println!(
             "--torch: no Python with torch found (tried --torch-python, $DMAE_TORCH_PYTHON, \
@@ -522,7 +527,7 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
     };
     let script_args: Vec<String> = [
         "--preset",
-        preset,
+        &args.model,
         "--img",
         &img.to_string(),
         "--patch",
@@ -544,9 +549,14 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
     .map(|s| s.to_string())
     .collect();
     // Run the script through runpy so the same interpreter can report its peak RSS afterwards.
+    // It registers our network in the script's PRESETS (run_path returns the module's globals;
+    // PRESETS is the dict its main reads) and then calls main.
     let wrapper = "import json, resource, runpy, sys\n\
-        script = sys.argv[1]; sys.argv = sys.argv[1:]\n\
-        runpy.run_path(script, run_name='__main__')\n\
+        script, name, widths = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n\
+        sys.argv = [script] + sys.argv[4:]\n\
+        g = runpy.run_path(script, run_name='reference')\n\
+        g['PRESETS'][name] = tuple(widths)\n\
+        g['main']()\n\
         print(json.dumps({'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))";
     println!(
         "running {} {} {}",
@@ -558,6 +568,8 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
         .arg("-c")
         .arg(wrapper)
         .arg(&script)
+        .arg(&args.model)
+        .arg(format!("{widths:?}"))
         .args(&script_args)
         .output()
         .with_context(|| format!("running {}", python.display()))?;
