@@ -559,10 +559,11 @@ fn run_torch(args: &TrainArgs, cfg: &ModelConfig, threads: usize) -> Result<Opti
         g['main']()\n\
         print(json.dumps({'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))";
     println!(
-        "running {} {} {}",
+        "running {} {} {} (PRESETS[{:?}] = {widths:?})",
         python.display(),
         script.display(),
-        script_args.join(" ")
+        script_args.join(" "),
+        args.model
     );
     let out = Command::new(&python)
         .arg("-c")

@@ -149,8 +149,13 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
         }
     }
     let mut tail = T::zero();
-    for i in n / 8 * 8..n {
-        tail += a[i] * b[i];
+    for (a, b) in a
+        .chunks_exact(8)
+        .remainder()
+        .iter()
+        .zip(b.chunks_exact(8).remainder())
+    {
+        tail += *a * *b;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
