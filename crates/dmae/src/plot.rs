@@ -339,10 +339,29 @@ impl Plot {
                 (px1 - bw - 8.0, py1 - bh - 8.0),
                 (px0 + 8.0, py1 - bh - 8.0),
             ];
+            // Where the lines run, in screen space: the points and 8 steps along each segment
+            // (sparse curves, e.g. one accuracy every 100 steps, cross a corner between points).
+            let mut drawn = Vec::new();
+            for l in &self.lines {
+                let pts: Vec<(f64, f64)> = l
+                    .points
+                    .iter()
+                    .filter(|&&(x, y)| x.is_finite() && y.is_finite() && (!log || y > 0.0))
+                    .map(|&(x, y)| (sx(x), sy(y)))
+                    .collect();
+                drawn.extend(pts.first().copied());
+                for w in pts.windows(2) {
+                    let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+                    drawn.extend((1..=8).map(|k| {
+                        let f = f64::from(k) / 8.0;
+                        (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f)
+                    }));
+                }
+            }
             let hidden = |&(bx, by): &(f64, f64)| {
-                self.finite_points(log)
-                    .filter(|&(x, y)| {
-                        let (x, y) = (sx(x), sy(y));
+                drawn
+                    .iter()
+                    .filter(|&&(x, y)| {
                         x >= bx - 6.0 && x <= bx + bw + 6.0 && y >= by - 6.0 && y <= by + bh + 6.0
                     })
                     .count()
@@ -830,7 +849,7 @@ mod tests {
 
     #[test]
     fn the_legend_avoids_the_lines_and_zero_is_kept_when_asked() {
-        // Accuracies climbing to the top right: the legend leaves that corner for an empty one (top left).
+        // Accuracies climbing to the top right: the legend leaves that corner for an empty one.
         let rise = |k: f64| (1..=20).map(move |s| (f64::from(s), 1.0 - k / f64::from(s)));
         let svg = Plot::new("acc", "step", "top-1")
             .y_range(0.0, 1.0)
@@ -843,7 +862,26 @@ mod tests {
             legend[at..].split('"').next().unwrap().parse().unwrap()
         };
         assert!(
-            attr("x") < 200.0 && attr("y") < 100.0,
+            attr("x") < 200.0 || attr("y") > 100.0,
+            "legend at {}, {}",
+            attr("x"),
+            attr("y")
+        );
+        // Sparse points (an evaluation every 100 steps) ending high: the segments into the top
+        // right count, so the legend goes to the empty bottom right.
+        let sparse = |a: f64| (1..=6).map(move |s| (f64::from(s * 100), a + 0.01 * f64::from(s)));
+        let svg = Plot::new("acc", "step", "top-1")
+            .y_range(0.0, 1.0)
+            .line("a", sparse(0.90))
+            .line("b", sparse(0.86))
+            .to_svg();
+        let legend = &svg[svg.find("class=\"legend\"").unwrap()..];
+        let attr = |name: &str| -> f64 {
+            let at = legend.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            legend[at..].split('"').next().unwrap().parse().unwrap()
+        };
+        assert!(
+            attr("x") > 300.0 && attr("y") > 200.0,
             "legend at {}, {}",
             attr("x"),
             attr("y")
