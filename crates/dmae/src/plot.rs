@@ -847,6 +847,16 @@ mod tests {
         assert!(flat.lo < 3.0 && flat.hi > 3.0 && flat.ticks.len() >= 2);
     }
 
+    /// The legend box's top-left corner in an SVG.
+    fn legend_at(svg: &str) -> (f64, f64) {
+        let legend = &svg[svg.find("class=\"legend\"").unwrap()..];
+        let attr = |name: &str| -> f64 {
+            let at = legend.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            legend[at..].split('"').next().unwrap().parse().unwrap()
+        };
+        (attr("x"), attr("y"))
+    }
+
     #[test]
     fn the_legend_avoids_the_lines_and_zero_is_kept_when_asked() {
         // Accuracies climbing to the top right: the legend leaves that corner for an empty one.
@@ -856,17 +866,8 @@ mod tests {
             .line("a", rise(0.5))
             .line("b", rise(0.3))
             .to_svg();
-        let legend = &svg[svg.find("class=\"legend\"").unwrap()..];
-        let attr = |name: &str| -> f64 {
-            let at = legend.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
-            legend[at..].split('"').next().unwrap().parse().unwrap()
-        };
-        assert!(
-            attr("x") < 200.0 || attr("y") > 100.0,
-            "legend at {}, {}",
-            attr("x"),
-            attr("y")
-        );
+        let (x, y) = legend_at(&svg);
+        assert!(x < 200.0 || y > 100.0, "legend at {x}, {y}");
         // Sparse points (an evaluation every 100 steps) ending high: the segments into the top
         // right count, so the legend goes to the empty bottom right.
         let sparse = |a: f64| (1..=6).map(move |s| (f64::from(s * 100), a + 0.01 * f64::from(s)));
@@ -875,17 +876,8 @@ mod tests {
             .line("a", sparse(0.90))
             .line("b", sparse(0.86))
             .to_svg();
-        let legend = &svg[svg.find("class=\"legend\"").unwrap()..];
-        let attr = |name: &str| -> f64 {
-            let at = legend.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
-            legend[at..].split('"').next().unwrap().parse().unwrap()
-        };
-        assert!(
-            attr("x") > 300.0 && attr("y") > 200.0,
-            "legend at {}, {}",
-            attr("x"),
-            attr("y")
-        );
+        let (x, y) = legend_at(&svg);
+        assert!(x > 300.0 && y > 200.0, "legend at {x}, {y}");
         let lr = Plot::new("lr", "step", "lr")
             .line("lr", [(1.0, 5e-4), (2.0, 4e-4)])
             .y_from_zero()
