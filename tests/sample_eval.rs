@@ -364,6 +364,26 @@ fn eval_reports_inpainting_and_classifier_metrics() {
     .unwrap();
     assert_eq!(v["sampler"], "ddpm 1000 steps");
     assert!(v["psnr"].as_f64().unwrap() > 0.0);
+    // --eta without --sampler reaches the default DDIM (it was once dropped silently).
+    let v: serde_json::Value = serde_json::from_str(
+        ok(&[
+            "eval",
+            "--checkpoint",
+            s(&f.diffmae),
+            "--task",
+            "inpaint",
+            "--limit",
+            "2",
+            "--steps",
+            "5",
+            "--eta",
+            "1",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(v["sampler"], "ddim 5 steps (eta 1)");
     // The table form names the metrics.
     let table = ok(&[
         "eval",

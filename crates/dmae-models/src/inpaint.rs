@@ -79,10 +79,10 @@ pub struct Inpainted {
 
 impl Inpainting {
     /// The sampler a model inpaints with by default: one decoder call for MAE models, DDIM
-    /// with `steps` deterministic steps for DiffMAE models.
-    pub fn default_sampler(config: &ModelConfig, steps: usize) -> SamplerKind {
+    /// with `steps` steps of noise scale `eta` (0: deterministic) for DiffMAE models.
+    pub fn default_sampler(config: &ModelConfig, steps: usize, eta: f64) -> SamplerKind {
         if config.is_diffusion() {
-            SamplerKind::Ddim { steps, eta: 0.0 }
+            SamplerKind::Ddim { steps, eta }
         } else {
             SamplerKind::Mae
         }

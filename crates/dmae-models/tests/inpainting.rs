@@ -181,7 +181,7 @@ fn mae_models_inpaint_in_one_call_only() {
     let c = cfg().into_mae();
     let mask = Masking::random(&c, 0.75).unwrap();
     assert!(Inpainting::new(&c, mask.clone(), SamplerKind::Ddim { steps: 5, eta: 0.0 }).is_err());
-    assert_eq!(Inpainting::default_sampler(&c, 50), SamplerKind::Mae);
+    assert_eq!(Inpainting::default_sampler(&c, 50, 0.0), SamplerKind::Mae);
     let model = DiffMae::new(c.clone(), 0, &dev).unwrap();
     let images = common::images(2, &c, &dev).clamp(0f32, 1f32).unwrap();
     let out = Inpainting::new(&c, mask, SamplerKind::Mae)

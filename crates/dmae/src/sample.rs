@@ -343,7 +343,7 @@ impl InpaintArgs {
                 format!("{a:?}").to_lowercase()
             ))),
             Some(a) => a.kind(self.steps, self.eta),
-            None => Inpainting::default_sampler(config, self.steps),
+            None => Inpainting::default_sampler(config, self.steps, self.eta),
         };
         let masking = spec.masking(config).map_err(|e| match spec {
             // A mask file that cannot be read is a runtime error, like any input file.
@@ -557,7 +557,7 @@ fn load_compare(
             config.tubelet
         )));
     }
-    let kind = Inpainting::default_sampler(c, flags.steps);
+    let kind = Inpainting::default_sampler(c, flags.steps, flags.eta);
     let with = Inpainting::new(c, ours.mask.clone(), kind)
         .with_context(|| format!("--compare {}", path.display()))?;
     Ok((other, with))

@@ -484,7 +484,7 @@ impl Task for Pretrain {
             return Ok(());
         };
         let config = self.model.config();
-        let kind = Inpainting::default_sampler(config, 20);
+        let kind = Inpainting::default_sampler(config, 20, 0.0);
         let inpaint = Inpainting::new(config, self.pre.mask.clone(), kind)?;
         let out = inpaint.run(&self.model, images, RngKey::new(self.seed, u64::MAX))?;
         let masked = crate::images::grey_out(&out.input, &out.pixel_mask)?;
