@@ -56,6 +56,13 @@ impl std::fmt::Display for MaskSpec {
     }
 }
 
+/// As written on the command line (`random:0.75`), so a run's saved settings read back.
+impl serde::Serialize for MaskSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl std::str::FromStr for MaskSpec {
     type Err = anyhow::Error;
 

@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::common::{
     image_size, open_training, parse_device, positive, unit_open, DataArgs, EvalData, LoopArgs,
 };
+use crate::sample::MaskSpec;
 use crate::settings::{self, ConfigFile, Usage};
 use crate::trainer::{self, Optimizer, Plan, Task};
 
@@ -70,9 +71,15 @@ pub struct Args {
     /// Plain MAE: mask tokens instead of noisy patches, no time conditioning.
     #[arg(long)]
     pub mae: bool,
-    /// Fraction of patches masked (default: 0.75 for images, MAE's; 0.9 tubes for video).
+    /// Fraction of patches masked (default: 0.75 for images, MAE's; 0.9 tubes for video):
+    /// `--mask random:R` for images, `--mask tube:R` for video.
     #[arg(long, value_name = "R", value_parser = unit_open)]
     pub mask_ratio: Option<f64>,
+    /// The pre-training mask, in `dmae sample --mask`'s terms: random:R (on video random
+    /// space-time tokens, MAE-ST's masking), tube:R, block:R, center[:F], future:K, middle:K or
+    /// a mask image; at least one patch must stay visible.
+    #[arg(long, value_name = "SPEC", conflicts_with = "mask_ratio")]
+    pub mask: Option<MaskSpec>,
     /// Base noise schedule (default: the model's, linear).
     #[arg(long, value_name = "KIND", value_parser = ["linear", "cosine"])]
     pub noise_schedule: Option<String>,
@@ -148,6 +155,7 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         trainer::MODEL_SETTING.into(),
         serde_json::to_string(&config)?,
     );
+    let mask = pretraining_mask(&args, &config)?;
     let compute = args.run.compute_dtype(&device)?;
     let data = open_training(
         &args.data,
@@ -216,8 +224,8 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
     if let Some(tower) = clip {
         pre = pre.with_clip(&config, tower)?;
     }
-    if let Some(r) = args.mask_ratio {
-        pre.mask = Masking::random(&config, r)?;
+    if let Some(m) = mask {
+        pre.mask = m;
     }
 
     let start = if resuming {
@@ -329,6 +337,24 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
         println!("done: {step} steps; checkpoint {}", ckpt.display());
     }
     Ok(())
+}
+
+/// The mask `--mask` or `--mask-ratio` asks for (`None`: the model's default).
+fn pretraining_mask(args: &Args, config: &ModelConfig) -> Result<Option<Masking>> {
+    let Some(spec) = &args.mask else {
+        return Ok(args
+            .mask_ratio
+            .map(|r| Masking::random(config, r))
+            .transpose()?);
+    };
+    let m = spec.masking(config).map_err(|e| Usage(format!("{e:#}")))?;
+    if m.num_masked(config)? >= config.num_patches() {
+        bail!(Usage(format!(
+            "--mask {spec}: hides all {} patches; pre-training needs at least one visible",
+            config.num_patches()
+        )));
+    }
+    Ok(Some(m))
 }
 
 fn vars(params: &[NamedParam]) -> Vec<Var> {
@@ -509,6 +535,44 @@ impl Task for Pretrain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mask_flags_choose_the_pretraining_mask() {
+        let file = ConfigFile::parse("", "x.toml", "train").unwrap();
+        let args = |flags: &[&str]| -> Result<Args> {
+            let argv: Vec<OsString> = flags.iter().map(Into::into).collect();
+            settings::layered("train", &file, &argv)
+        };
+        let video = ModelConfig::moving_mnist();
+        let image = ModelConfig::mnist();
+        let video_mask = |flags: &[&str]| pretraining_mask(&args(flags).unwrap(), &video);
+        // On video random:R is MAE-ST's space-time masking, --mask-ratio R tubes.
+        assert_eq!(
+            video_mask(&["--mask", "random:0.75"]).unwrap(),
+            Some(Masking::Video(
+                dmae_diffusion::VideoMaskStrategy::random_space_time(0.75).unwrap()
+            ))
+        );
+        assert_eq!(
+            video_mask(&["--mask-ratio", "0.75"]).unwrap(),
+            Some(Masking::random(&video, 0.75).unwrap())
+        );
+        assert_eq!(
+            video_mask(&["--mask", "tube:0.75"]).unwrap(),
+            Some(Masking::random(&video, 0.75).unwrap())
+        );
+        assert_eq!(video_mask(&[]).unwrap(), None);
+        // A mask that leaves nothing visible, or does not fit the model, is a usage error.
+        let e = video_mask(&["--mask", "future:8"]).unwrap_err();
+        assert!(e.downcast_ref::<Usage>().is_some(), "{e}");
+        assert!(e.to_string().contains("fewer than the 8 frames"), "{e}");
+        let e = pretraining_mask(&args(&["--mask", "center:0.99"]).unwrap(), &image).unwrap_err();
+        assert!(e.downcast_ref::<Usage>().is_some(), "{e}");
+        assert!(e.to_string().contains("hides all 49 patches"), "{e}");
+        let e = pretraining_mask(&args(&["--mask", "tube:0.5"]).unwrap(), &image).unwrap_err();
+        assert!(e.to_string().contains("needs a video checkpoint"), "{e}");
+        assert!(args(&["--mask", "random:0.5", "--mask-ratio", "0.5"]).is_err());
+    }
 
     #[test]
     fn flags_override_the_file_which_overrides_the_defaults() {

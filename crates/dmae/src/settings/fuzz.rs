@@ -41,6 +41,7 @@ const KEYS: &[&str] = &[
     "decoder",
     "mae",
     "mask-ratio",
+    "mask",
     "noise-schedule",
     "rho",
     "timesteps",
