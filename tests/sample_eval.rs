@@ -343,46 +343,19 @@ fn eval_reports_inpainting_and_classifier_metrics() {
     let (t1, t5) = (v["top1"].as_f64().unwrap(), v["top5"].as_f64().unwrap());
     assert!((0.0..=1.0).contains(&t1) && t5 >= t1 && t5 <= 1.0, "{v}");
     assert!(t1 > 0.2, "val top-1 {t1} not above chance");
+    // Inpainting 2 validation digits with the DiffMAE, as JSON.
+    let inpaint = |flags: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--checkpoint", s(&f.diffmae), "--task", "inpaint"];
+        args.extend(["--limit", "2", "--json"]);
+        args.extend(flags);
+        serde_json::from_str(ok(&args).trim()).unwrap()
+    };
     // DDPM runs all 1000 steps.
-    let v: serde_json::Value = serde_json::from_str(
-        ok(&[
-            "eval",
-            "--checkpoint",
-            s(&f.diffmae),
-            "--task",
-            "inpaint",
-            "--limit",
-            "2",
-            "--sampler",
-            "ddpm",
-            "--mask",
-            "block:0.5",
-            "--json",
-        ])
-        .trim(),
-    )
-    .unwrap();
+    let v = inpaint(&["--sampler", "ddpm", "--mask", "block:0.5"]);
     assert_eq!(v["sampler"], "ddpm 1000 steps");
     assert!(v["psnr"].as_f64().unwrap() > 0.0);
     // --eta without --sampler reaches the default DDIM (it was once dropped silently).
-    let v: serde_json::Value = serde_json::from_str(
-        ok(&[
-            "eval",
-            "--checkpoint",
-            s(&f.diffmae),
-            "--task",
-            "inpaint",
-            "--limit",
-            "2",
-            "--steps",
-            "5",
-            "--eta",
-            "1",
-            "--json",
-        ])
-        .trim(),
-    )
-    .unwrap();
+    let v = inpaint(&["--steps", "5", "--eta", "1"]);
     assert_eq!(v["sampler"], "ddim 5 steps (eta 1)");
     // The table form names the metrics.
     let table = ok(&[
