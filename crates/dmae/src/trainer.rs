@@ -287,7 +287,11 @@ pub fn run(
                 }
             }
             last_log = (Instant::now(), step);
+            // Every file of the run directory is written under the lock, so that a second
+            // Ctrl-C (which waits for it) never leaves a temporary behind.
+            let writing = active();
             metrics.write(&row)?;
+            drop(writing);
             progress.log(&row);
         }
         if step % plan.save_every == 0 || step == total || stop {
@@ -307,18 +311,22 @@ pub fn run(
                 seed: plan.seed,
                 settings: plan.settings.clone(),
             };
-            // Held while the pair is written: a second Ctrl-C waits for it (see `on_ctrl_c`).
+            // Held while the pair and the figures are written: a second Ctrl-C waits for it
+            // (see `on_ctrl_c`).
             let mut active = active();
             save_state(&dir.join(STATE_FILE), opt, &meta)?;
             task.save(dir)?;
             if let Some(a) = active.as_mut() {
                 a.saved = Some(step);
             }
-            drop(active);
             run_dir::write_figures(dir)?;
+            drop(active);
         }
         if plan.sample_every > 0 && (step % plan.sample_every == 0 || step == total) {
+            // A second Ctrl-C waits for the preview (a few seconds of sampling) and its files.
+            let writing = active();
             task.preview(dir, step)?;
+            drop(writing);
         }
         if interrupt && step < total {
             progress.finish();
