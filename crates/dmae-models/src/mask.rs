@@ -16,6 +16,11 @@ pub enum Masking {
     Image(MaskStrategy),
     /// Clips: a strategy on the `T' × rows × cols` tubelet grid.
     Video(VideoMaskStrategy),
+    /// Several masks taking turns, one per batch: the batch drawn with key step `s` is masked
+    /// by part `s mod n`. For pre-training on a mix (e.g. video tubes and random space-time
+    /// tokens on alternate steps): every batch keeps one mask, hence one token count, and the
+    /// draw stays a function of the key. Built by [`Masking::alternate`].
+    Alternate(Vec<Masking>),
 }
 
 impl Masking {
@@ -61,8 +66,31 @@ impl Masking {
         Ok(Self::Video(VideoMaskStrategy::MiddleFrames { masked }))
     }
 
-    /// The number of masked patches per sample on `config`'s grid.
+    /// Masks that take turns batch by batch (see [`Masking::Alternate`]); nested alternations
+    /// are flattened. Errors on an empty list.
+    pub fn alternate(parts: Vec<Masking>) -> Result<Self> {
+        let mut flat = Vec::with_capacity(parts.len());
+        for p in parts {
+            match p {
+                Self::Alternate(inner) => flat.extend(inner),
+                p => flat.push(p),
+            }
+        }
+        match flat.len() {
+            0 => Err(Error::arg("mask", "an alternation of no masks")),
+            1 => Ok(flat.remove(0)),
+            _ => Ok(Self::Alternate(flat)),
+        }
+    }
+
+    /// The number of masked patches per sample on `config`'s grid; for an alternation, the
+    /// most any of its parts masks.
     pub fn num_masked(&self, config: &ModelConfig) -> Result<usize> {
+        if let Self::Alternate(parts) = self {
+            return parts
+                .iter()
+                .try_fold(0, |most, p| Ok(most.max(p.num_masked(config)?)));
+        }
         Ok(match self.grid(config)? {
             Grid::Image(s, g) => s.num_masked(g)?,
             Grid::Video(s, g) => s.num_masked(g)?,
@@ -84,6 +112,14 @@ impl Masking {
         key: RngKey,
         device: &Device,
     ) -> Result<MaskIndices> {
+        if let Self::Alternate(parts) = self {
+            // Every part is checked, so a misfit fails on the first batch, not the n-th.
+            for p in parts {
+                p.num_masked(config)?;
+            }
+            let turn = (key.step % parts.len() as u64) as usize;
+            return parts[turn].sample(config, batch, key, device);
+        }
         Ok(match self.grid(config)? {
             Grid::Image(s, g) => s.sample(g, batch, key, device)?,
             Grid::Video(s, g) => s.sample(g, batch, key, device)?,
@@ -100,6 +136,7 @@ impl Masking {
             )),
             (Self::Image(_), true) => Err(Error::arg("mask", "an image mask for a video model")),
             (Self::Video(_), false) => Err(Error::arg("mask", "a video mask for an image model")),
+            (Self::Alternate(_), _) => Err(Error::arg("mask", "an alternation inside a part")),
         }
     }
 }
@@ -152,6 +189,48 @@ mod tests {
         assert!(Masking::future_frames(&video, 3).is_err());
         assert!(Masking::future_frames(&image, 2).is_err());
         assert!(c.sample(&video, 1, RngKey::new(0, 0), &dev).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn an_alternation_masks_each_batch_with_the_part_whose_turn_it_is() -> Result<()> {
+        let dev = Device::Cpu;
+        let video = ModelConfig::moving_mnist();
+        let tube = Masking::random(&video, 0.75)?;
+        let space_time = Masking::Video(VideoMaskStrategy::random_space_time(0.75)?);
+        let mixed = Masking::alternate(vec![tube.clone(), space_time.clone()])?;
+        for step in 0..4 {
+            let key = RngKey::new(3, step);
+            let part = if step % 2 == 0 { &tube } else { &space_time };
+            assert_eq!(
+                mixed.sample(&video, 2, key, &dev)?.masks(),
+                part.sample(&video, 2, key, &dev)?.masks(),
+                "step {step}"
+            );
+        }
+        // Tubes repeat one spatial mask over time; space-time masks do not (at this seed).
+        let frames = |step| -> Result<bool> {
+            let m = mixed.sample(&video, 1, RngKey::new(3, step), &dev)?.masks()[0].clone();
+            let hw = m.len() / video.time_steps();
+            Ok(m.chunks(hw).all(|f| f == &m[..hw]))
+        };
+        assert!(frames(0)? && !frames(1)?);
+        // The count is the most any part hides: tubes of 0.9 hide 60 of the 64 tokens, 0.5 of
+        // space-time tokens 32.
+        let uneven = Masking::alternate(vec![
+            Masking::random(&video, 0.9)?,
+            Masking::Video(VideoMaskStrategy::random_space_time(0.5)?),
+        ])?;
+        assert_eq!(
+            uneven.num_masked(&video)?,
+            Masking::random(&video, 0.9)?.num_masked(&video)?
+        );
+        // One part alone is that part; none is an error; a misfit part fails on any step.
+        assert_eq!(Masking::alternate(vec![tube.clone()])?, tube);
+        assert!(Masking::alternate(Vec::new()).is_err());
+        let image = Masking::random(&ModelConfig::mnist(), 0.75)?;
+        let misfit = Masking::alternate(vec![tube, image])?;
+        assert!(misfit.sample(&video, 1, RngKey::new(0, 0), &dev).is_err());
         Ok(())
     }
 }

@@ -40,6 +40,9 @@ pub enum MaskSpec {
     /// A mask image (white = masked), the checkpoint's image size or its patch-grid size;
     /// any patch touching a white pixel is masked. On video, the same mask in every frame.
     File(PathBuf),
+    /// `A+B[+...]`: the masks take turns batch by batch (batch `s` uses part `s mod n`), e.g.
+    /// `tube:0.75+random:0.75` pre-trains a video model on tubes and space-time tokens alike.
+    Alternate(Vec<MaskSpec>),
 }
 
 impl std::fmt::Display for MaskSpec {
@@ -52,6 +55,12 @@ impl std::fmt::Display for MaskSpec {
             MaskSpec::Future(k) => write!(f, "future:{k}"),
             MaskSpec::Middle(k) => write!(f, "middle:{k}"),
             MaskSpec::File(p) => write!(f, "{}", p.display()),
+            MaskSpec::Alternate(parts) => {
+                for (i, p) in parts.iter().enumerate() {
+                    write!(f, "{}{p}", if i == 0 { "" } else { "+" })?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -67,6 +76,16 @@ impl std::str::FromStr for MaskSpec {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
+        if s.contains('+') && !is_image_path(s) {
+            let parts = s
+                .split('+')
+                .map(|p| {
+                    ensure!(!p.is_empty(), "{s:?}: an empty mask between '+' signs");
+                    p.parse()
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(MaskSpec::Alternate(parts));
+        }
         let (kind, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
             None => (s, None),
@@ -101,8 +120,8 @@ impl std::str::FromStr for MaskSpec {
             "middle" => MaskSpec::Middle(frames()?),
             _ if is_image_path(s) => MaskSpec::File(PathBuf::from(s)),
             _ => bail!(
-                "unknown mask {s:?} (center[:F], random:R, block:R, tube:R, future:K, middle:K \
-                 or a .png/.jpg/.bmp mask image)"
+                "unknown mask {s:?} (center[:F], random:R, block:R, tube:R, future:K, middle:K, \
+                 a .png/.jpg/.bmp mask image, or several joined by + to take turns)"
             ),
         })
     }
@@ -151,6 +170,12 @@ impl MaskSpec {
             MaskSpec::Tube(_) => {
                 bail!("--mask {self}: needs a video checkpoint (this one takes images)")
             }
+            MaskSpec::Alternate(parts) => Masking::alternate(
+                parts
+                    .iter()
+                    .map(|p| p.masking(config))
+                    .collect::<Result<_>>()?,
+            )?,
         };
         ensure!(m.num_masked(config)? > 0, "--mask {self} hides no patch");
         Ok(m)
@@ -719,7 +744,21 @@ mod tests {
             "holes/m.png".parse::<MaskSpec>().unwrap(),
             MaskSpec::File("holes/m.png".into())
         );
-        for bad in ["random:1.5", "future", "middle:x", "stripes", "center:0"] {
+        let mixed = "tube:0.75+random:0.75".parse::<MaskSpec>().unwrap();
+        assert_eq!(
+            mixed,
+            MaskSpec::Alternate(vec![MaskSpec::Tube(0.75), MaskSpec::Random(0.75)])
+        );
+        assert_eq!(mixed.to_string(), "tube:0.75+random:0.75");
+        for bad in [
+            "random:1.5",
+            "future",
+            "middle:x",
+            "stripes",
+            "center:0",
+            "tube:0.75+",
+            "tube+random:2",
+        ] {
             assert!(bad.parse::<MaskSpec>().is_err(), "{bad}");
         }
     }
@@ -753,6 +792,13 @@ mod tests {
         );
         assert!(MaskSpec::Future(3).masking(&c).is_err());
         assert!(MaskSpec::Tube(0.5).masking(&ModelConfig::mnist()).is_err());
+        let mixed = "tube:0.75+random:0.75".parse::<MaskSpec>().unwrap();
+        assert!(matches!(mixed.masking(&c), Ok(Masking::Alternate(p)) if p.len() == 2));
+        let e = mixed
+            .masking(&ModelConfig::mnist())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tube:0.75") && e.contains("video"), "{e}");
         assert!(matches!(
             MaskSpec::Center(0.25).masking(&ModelConfig::mnist()),
             Ok(Masking::Image(_))

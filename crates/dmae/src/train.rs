@@ -77,7 +77,8 @@ pub struct Args {
     pub mask_ratio: Option<f64>,
     /// The pre-training mask, in `dmae sample --mask`'s terms: random:R (on video random
     /// space-time tokens, MAE-ST's masking), tube:R, block:R, center[:F], future:K, middle:K or
-    /// a mask image; at least one patch must stay visible.
+    /// a mask image, or several joined by + to take turns batch by batch
+    /// (tube:0.75+random:0.75); at least one patch must stay visible.
     #[arg(long, value_name = "SPEC", conflicts_with = "mask_ratio")]
     pub mask: Option<MaskSpec>,
     /// Base noise schedule (default: the model's, linear).
@@ -562,6 +563,15 @@ mod tests {
             Some(Masking::random(&video, 0.75).unwrap())
         );
         assert_eq!(video_mask(&[]).unwrap(), None);
+        // Tubes and space-time tokens on alternate batches.
+        let random = |r| Masking::Video(dmae_diffusion::VideoMaskStrategy::random_space_time(r));
+        assert_eq!(
+            video_mask(&["--mask", "tube:0.75+random:0.75"]).unwrap(),
+            Some(Masking::Alternate(vec![
+                Masking::random(&video, 0.75).unwrap(),
+                random(0.75).unwrap()
+            ]))
+        );
         // A mask that leaves nothing visible, or does not fit the model, is a usage error.
         let e = video_mask(&["--mask", "future:8"]).unwrap_err();
         assert!(e.downcast_ref::<Usage>().is_some(), "{e}");
@@ -569,6 +579,9 @@ mod tests {
         let e = pretraining_mask(&args(&["--mask", "center:0.99"]).unwrap(), &image).unwrap_err();
         assert!(e.downcast_ref::<Usage>().is_some(), "{e}");
         assert!(e.to_string().contains("hides all 49 patches"), "{e}");
+        // ... in any of its turns.
+        let e = pretraining_mask(&args(&["--mask", "random+center:0.99"]).unwrap(), &image);
+        assert!(e.unwrap_err().to_string().contains("hides all 49 patches"));
         let e = pretraining_mask(&args(&["--mask", "tube:0.5"]).unwrap(), &image).unwrap_err();
         assert!(e.to_string().contains("needs a video checkpoint"), "{e}");
         assert!(args(&["--mask", "random:0.5", "--mask-ratio", "0.5"]).is_err());
