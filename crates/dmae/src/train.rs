@@ -564,12 +564,13 @@ mod tests {
         );
         assert_eq!(video_mask(&[]).unwrap(), None);
         // Tubes and space-time tokens on alternate batches.
-        let random = |r| Masking::Video(dmae_diffusion::VideoMaskStrategy::random_space_time(r));
+        let random =
+            |r| Masking::Video(dmae_diffusion::VideoMaskStrategy::random_space_time(r).unwrap());
         assert_eq!(
             video_mask(&["--mask", "tube:0.75+random:0.75"]).unwrap(),
             Some(Masking::Alternate(vec![
                 Masking::random(&video, 0.75).unwrap(),
-                random(0.75).unwrap()
+                random(0.75)
             ]))
         );
         // A mask that leaves nothing visible, or does not fit the model, is a usage error.
