@@ -35,6 +35,8 @@ struct Cli {
 }
 
 /// One variant per subcommand, each `X(x::Args)` run by `x::run`.
+// Built once per process from the command line, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// DiffMAE (or MAE) pre-training; with no arguments the mnist preset on the bundled digits.
