@@ -86,14 +86,12 @@ impl Masking {
     /// The number of masked patches per sample on `config`'s grid; for an alternation, the
     /// most any of its parts masks.
     pub fn num_masked(&self, config: &ModelConfig) -> Result<usize> {
-        if let Self::Alternate(parts) = self {
-            return parts
-                .iter()
-                .try_fold(0, |most, p| Ok(most.max(p.num_masked(config)?)));
-        }
         Ok(match self.grid(config)? {
             Grid::Image(s, g) => s.num_masked(g)?,
             Grid::Video(s, g) => s.num_masked(g)?,
+            Grid::Turns(parts) => parts
+                .iter()
+                .try_fold(0, |most, p| Ok::<_, Error>(most.max(p.num_masked(config)?)))?,
         })
     }
 
@@ -112,17 +110,15 @@ impl Masking {
         key: RngKey,
         device: &Device,
     ) -> Result<MaskIndices> {
-        if let Self::Alternate(parts) = self {
-            // Every part is checked, so a misfit fails on the first batch, not the n-th.
-            for p in parts {
-                p.num_masked(config)?;
-            }
-            let turn = (key.step % parts.len() as u64) as usize;
-            return parts[turn].sample(config, batch, key, device);
-        }
         Ok(match self.grid(config)? {
             Grid::Image(s, g) => s.sample(g, batch, key, device)?,
             Grid::Video(s, g) => s.sample(g, batch, key, device)?,
+            Grid::Turns(parts) => {
+                // Every part is checked, so a misfit fails on the first batch, not the n-th.
+                self.num_masked(config)?;
+                let turn = (key.step % parts.len() as u64) as usize;
+                parts[turn].sample(config, batch, key, device)?
+            }
         })
     }
 
@@ -136,7 +132,7 @@ impl Masking {
             )),
             (Self::Image(_), true) => Err(Error::arg("mask", "an image mask for a video model")),
             (Self::Video(_), false) => Err(Error::arg("mask", "a video mask for an image model")),
-            (Self::Alternate(_), _) => Err(Error::arg("mask", "an alternation inside a part")),
+            (Self::Alternate(parts), _) => Ok(Grid::Turns(parts)),
         }
     }
 }
@@ -144,6 +140,8 @@ impl Masking {
 enum Grid<'a> {
     Image(&'a MaskStrategy, PatchGrid),
     Video(&'a VideoMaskStrategy, VideoGrid),
+    /// An alternation: each part finds its own grid.
+    Turns(&'a [Masking]),
 }
 
 /// `k` frames as temporal positions of `config`'s tubelets.
