@@ -31,10 +31,11 @@ use crate::settings::{self, ConfigFile, Usage};
 use crate::trainer::{self, Optimizer, Plan, Task};
 
 /// Default optimiser steps of `dmae train` with no arguments: the `mnist-small` preset at
-/// batch 64 trains about 6 steps a second on 2 idle cores, so 1,500 steps take 4 minutes
-/// (239 s measured, README "dmae train"). Fewer steps leave the samples fragments of strokes
-/// (issue 17: grey blobs at 240 steps, digits at 3,000, docs/results.md).
-pub const DEFAULT_STEPS: u64 = 1500;
+/// batch 64 trains about 8.5 steps a second on 2 idle cores, so 2,400 steps stay under the
+/// 5 minutes issue 17 allows (README "dmae train": 282 s on 2026-12-03). Fewer steps leave the
+/// samples fragments of strokes (issue 17: grey blobs at 240 steps, about half readable at
+/// 1,500, digits at 2,400).
+pub const DEFAULT_STEPS: u64 = 2400;
 
 /// Validation inputs in each `samples/` grid.
 const PREVIEW_COUNT: usize = 8;
