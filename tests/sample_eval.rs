@@ -357,6 +357,18 @@ fn eval_reports_inpainting_and_classifier_metrics() {
     // --eta without --sampler reaches the default DDIM (it was once dropped silently).
     let v = inpaint(&["--steps", "5", "--eta", "1"]);
     assert_eq!(v["sampler"], "ddim 5 steps (eta 1)");
+    // --temperature reaches the sampler: at 0, DDIM with eta 0 draws no noise, so under a fixed
+    // mask the seed no longer changes the fills; at 1 it does.
+    let center = |seed: &str, temperature: &str| {
+        let flags = ["--steps", "5", "--mask", "center", "--seed", seed];
+        inpaint(&[&flags[..], &["--temperature", temperature]].concat())
+    };
+    let (a, b) = (center("1", "0"), center("2", "0"));
+    assert_eq!(a["sampler"], "ddim 5 steps (eta 0), temperature 0");
+    assert_eq!((&a["psnr"], &a["ssim"]), (&b["psnr"], &b["ssim"]));
+    let (c, d) = (center("1", "1"), center("2", "1"));
+    assert_eq!(c["sampler"], "ddim 5 steps (eta 0)");
+    assert_ne!(c["psnr"], d["psnr"]);
     // The table form names the metrics.
     let table = ok(&[
         "eval",
@@ -725,6 +737,18 @@ fn bad_inputs_fail_with_one_error_line() {
         // A flag that cannot be used with this checkpoint: a usage error, like --mask stripes.
         2,
         "MAE checkpoint",
+    );
+    fails(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&f.diffmae),
+            "--task",
+            "inpaint",
+            "--temperature=-1",
+        ],
+        2,
+        "temperature",
     );
 }
 

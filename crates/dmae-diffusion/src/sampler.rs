@@ -92,6 +92,7 @@ pub struct Sampler {
     timesteps: Vec<usize>,
     record_trajectory: bool,
     clip_x0: Option<(f64, f64)>,
+    temperature: f64,
 }
 
 impl Sampler {
@@ -122,6 +123,7 @@ impl Sampler {
             timesteps,
             record_trajectory: false,
             clip_x0: None,
+            temperature: 1.0,
         })
     }
 
@@ -147,6 +149,29 @@ impl Sampler {
         Ok(self)
     }
 
+    /// Scales the noise the sampler draws by `temperature` (default 1): the start becomes
+    /// `x_{T−1} ~ N(0, τ²I)` and the noise DDPM and DDIM with `eta > 0` add at each step is
+    /// scaled alike (the "noise temperature" of Glow and of Dhariwal & Nichol 2021, § 3). Below 1
+    /// the draws trade diversity for the likely fill; at 0 DDIM with `eta = 0` starts from the
+    /// origin, so its first `x̂_0` is the MAE-like mean and every later step sharpens that one
+    /// path. `τ` finite and `≥ 0`.
+    pub fn with_temperature(mut self, temperature: f64) -> Result<Self> {
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(Error::invalid(
+                "temperature",
+                "a finite value >= 0",
+                temperature,
+            ));
+        }
+        self.temperature = temperature;
+        Ok(self)
+    }
+
+    /// The noise temperature ([`with_temperature`](Self::with_temperature)).
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+
     /// The schedule.
     pub fn schedule(&self) -> &NoiseSchedule {
         &self.schedule
@@ -162,8 +187,8 @@ impl Sampler {
         &self.timesteps
     }
 
-    /// The starting point `x_{T−1} ~ N(0, I)` of `shape`, drawn per sample from `key`
-    /// (independent of the per-step noise).
+    /// The starting point `x_{T−1} ~ N(0, τ²I)` of `shape` (`τ` the temperature, 1 by default),
+    /// drawn per sample from `key` (independent of the per-step noise).
     pub fn initial_noise(
         &self,
         key: RngKey,
@@ -171,7 +196,16 @@ impl Sampler {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        normal_in(key, Domain::SamplerInit, 0, shape.into(), dtype, device)
+        let noise = normal_in(key, Domain::SamplerInit, 0, shape.into(), dtype, device)?;
+        self.scale_noise(noise)
+    }
+
+    fn scale_noise(&self, noise: Tensor) -> Result<Tensor> {
+        Ok(if self.temperature == 1.0 {
+            noise
+        } else {
+            (noise * self.temperature)?
+        })
     }
 
     /// Draws `x_{T−1}` with [`initial_noise`](Self::initial_noise) and runs the sampler.
@@ -238,6 +272,7 @@ impl Sampler {
                     x_t.dtype(),
                     x_t.device(),
                 )?;
+                let noise = self.scale_noise(noise)?;
                 x_t = match self.kind {
                     SamplerKind::Ddpm => ddpm_step(&self.schedule, &x_t, &pred, t, &noise)?,
                     SamplerKind::Ddim { eta, .. } => {

@@ -409,6 +409,44 @@ fn clipping_bounds_every_prediction() -> Result<()> {
 }
 
 #[test]
+fn temperature_scales_every_draw_of_a_linear_denoiser() -> Result<()> {
+    // The exact denoiser of zero-mean Gaussian data is linear in x_t, so every sampler is a
+    // linear map of the noise it draws: at temperature τ each draw is τ times the draw at 1.
+    let dev = Device::Cpu;
+    let sched = NoiseSchedule::linear(100)?;
+    let ab = sched.alpha_bar().to_vec();
+    let s2 = 0.3f64;
+    let model = |x_t: &Tensor, t: &[usize]| -> Result<Tensor> {
+        let a = ab[t[0]];
+        Ok(x_t.affine(a.sqrt() * s2 / (a * s2 + 1.0 - a), 0.0)?)
+    };
+    let key = RngKey::new(5, 1);
+    for kind in kinds(100) {
+        let base = Sampler::new(sched.clone(), kind)?;
+        assert_eq!(base.temperature(), 1.0);
+        let one = base
+            .sample(&mut { model }, (3, 7), DType::F32, &dev, key)?
+            .x0;
+        for tau in [0.0, 0.5] {
+            let s = base.clone().with_temperature(tau)?;
+            let x = s.sample(&mut { model }, (3, 7), DType::F32, &dev, key)?.x0;
+            let want = one.affine(tau, 0.0)?;
+            assert!(max_abs_diff(&x, &want)? < 1e-5, "{kind:?} at {tau}");
+        }
+    }
+    for tau in [-0.5, f64::INFINITY, f64::NAN] {
+        assert!(matches!(
+            Sampler::new(sched.clone(), SamplerKind::Ddpm)?.with_temperature(tau),
+            Err(Error::InvalidArgument {
+                arg: "temperature",
+                ..
+            })
+        ));
+    }
+    Ok(())
+}
+
+#[test]
 fn invalid_sampler_arguments_are_typed_errors() -> Result<()> {
     let sched = NoiseSchedule::new(ScheduleConfig::default())?;
     for steps in [0usize, 1001, 5000] {

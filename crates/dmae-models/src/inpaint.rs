@@ -125,6 +125,14 @@ impl Inpainting {
         self
     }
 
+    /// Samples at noise temperature `temperature` (default 1; [`Sampler::with_temperature`]):
+    /// below 1 the fills lean towards the most likely one, at 0 DDIM (`eta = 0`) draws one
+    /// deterministic fill per input, sharpened from the MAE-like first estimate.
+    pub fn with_temperature(mut self, temperature: f64) -> Result<Self> {
+        self.sampler = self.sampler.with_temperature(temperature)?;
+        Ok(self)
+    }
+
     /// Whether the decoder reuses the cross-attention K/V of the encoder output computed once
     /// per call (default: yes; off recomputes them at every step, for benchmarks).
     pub fn with_kv_cache(mut self, cache: bool) -> Self {
