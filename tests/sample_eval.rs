@@ -369,6 +369,21 @@ fn eval_reports_inpainting_and_classifier_metrics() {
     let (c, d) = (center("1", "1"), center("2", "1"));
     assert_eq!(c["sampler"], "ddim 5 steps (eta 0)");
     assert_ne!(c["psnr"], d["psnr"]);
+    // --guide reaches the sampler; weight 1 is the model alone, bit for bit.
+    let guided = inpaint(&[
+        "--steps",
+        "5",
+        "--mask",
+        "center",
+        "--seed",
+        "1",
+        "--guide",
+        s(&f.diffmae),
+        "--guidance",
+        "1",
+    ]);
+    assert_eq!(guided["sampler"], "ddim 5 steps (eta 0), autoguidance w 1");
+    assert_eq!((&guided["psnr"], &guided["ssim"]), (&c["psnr"], &c["ssim"]));
     // The table form names the metrics.
     let table = ok(&[
         "eval",
@@ -738,18 +753,16 @@ fn bad_inputs_fail_with_one_error_line() {
         2,
         "MAE checkpoint",
     );
-    fails(
-        &[
-            "eval",
-            "--checkpoint",
-            s(&f.diffmae),
-            "--task",
-            "inpaint",
-            "--temperature=-1",
-        ],
-        2,
-        "temperature",
-    );
+    // Bad sampler flags are usage errors: a negative temperature, a guide that draws no
+    // samples (an MAE), a weight without a guide.
+    let inpaint = ["eval", "--checkpoint", s(&f.diffmae), "--task", "inpaint"];
+    for (extra, needle) in [
+        (&["--temperature=-1"][..], "temperature"),
+        (&["--guide", s(&f.mae)], "--guide"),
+        (&["--guidance", "2"], "--guide"),
+    ] {
+        fails(&[&inpaint[..], extra].concat(), 2, needle);
+    }
 }
 
 /// Timing on the real MNIST preset (untrained weights: the cost, not the quality):

@@ -42,6 +42,15 @@ pub struct Inpainting {
     data_range: DataRange,
     norm_pix: bool,
     kv_cache: bool,
+    guide: Option<Guide>,
+}
+
+/// Autoguidance: a weaker model of the same task and its weight ([`Inpainting::with_guide`]).
+#[derive(Clone, Debug)]
+struct Guide {
+    model: DiffMae,
+    prediction: Prediction,
+    weight: f64,
 }
 
 /// What [`Inpainting::run_with`] calls at every visited step (an error stops the run).
@@ -116,7 +125,41 @@ impl Inpainting {
             data_range: range,
             norm_pix: config.norm_pix_loss,
             kv_cache: true,
+            guide: None,
         })
+    }
+
+    /// Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
+    /// itself", eq. 2): at every step `x̂_0 = x̂_0^guide + w · (x̂_0^model − x̂_0^guide)`, where
+    /// `guide` is a weaker model of the same task (fewer training steps, a smaller decoder).
+    /// `w = 1` is the model alone; `w > 1` pushes each prediction away from the guide's errors.
+    /// The guide must cut the same images into the same patches and diffuse them with the same
+    /// schedule and pixel scaling; it costs one more decoder call per step.
+    pub fn with_guide(mut self, guide: DiffMae, weight: f64) -> Result<Self> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(Error::arg(
+                "guidance",
+                format!("expected a finite weight >= 0, got {weight}"),
+            ));
+        }
+        let c = guide.config();
+        if !c.is_diffusion() || c.diffusion.target == crate::config::Target::Clip {
+            return Err(Error::arg(
+                "guide",
+                "is not a DiffMAE pixel model: autoguidance needs a diffusion decoder",
+            ));
+        }
+        self.guide = Some(Guide {
+            prediction: c.diffusion.prediction,
+            model: guide,
+            weight,
+        });
+        Ok(self)
+    }
+
+    /// The autoguidance weight, when a guide is set ([`Inpainting::with_guide`]).
+    pub fn guidance(&self) -> Option<f64> {
+        self.guide.as_ref().map(|g| g.weight)
     }
 
     /// Records the `x̂_0` trajectory in [`Inpainted::trajectory`] (default: off).
@@ -190,6 +233,17 @@ impl Inpainting {
         // On the CPU each decode is split over thread groups (dmae_core::DataParallel).
         let shards = DataParallel::for_device(dev, rayon::current_num_threads(), n)?;
         let mut den = model.denoiser(&ctx, &mask).sharded(&shards);
+        let guide_ctx = match &self.guide {
+            Some(g) => {
+                check_guide(config, g.model.config())?;
+                Some(g.model.encode(&x0_v, &mask)?)
+            }
+            None => None,
+        };
+        let mut guide_den = match (&self.guide, &guide_ctx) {
+            (Some(g), Some(ctx)) => Some((g, g.model.denoiser(ctx, &mask).sharded(&shards))),
+            _ => None,
+        };
         // Display only (module docs): the true patches' statistics in the diffusion's scale.
         let stats = if self.norm_pix {
             let x0 = to_diffusion_range(self.data_range, &x0_m)?;
@@ -216,6 +270,12 @@ impl Inpainting {
             let wrap = dmae_diffusion::Error::denoiser;
             let out = den.predict_x0(x_t, t)?;
             let mut x0 = self.prediction.to_x0(schedule, x_t, &out, t)?;
+            if let Some((g, gd)) = guide_den.as_mut() {
+                // Karras et al. 2024, eq. 2: x̂ = x̂_guide + w (x̂_model − x̂_guide).
+                let out = gd.predict_x0(x_t, t)?;
+                let x0_g = g.prediction.to_x0(schedule, x_t, &out, t)?;
+                x0 = (x0_g.affine(1.0 - g.weight, 0.0)? + x0.affine(g.weight, 0.0)?)?;
+            }
             if let Some((mean, std)) = &stats {
                 x0 = x0.broadcast_mul(std)?.broadcast_add(mean)?;
             }
@@ -251,5 +311,30 @@ impl Inpainting {
             mask,
             trajectory,
         })
+    }
+}
+
+/// Whether `guide` can guide `model`: the same images, patches, noise schedule and pixel scaling.
+fn check_guide(model: &ModelConfig, guide: &ModelConfig) -> Result<()> {
+    let (a, b) = (&model.diffusion, &guide.diffusion);
+    let mismatch = if model.input_dims() != guide.input_dims() {
+        Some("takes other images")
+    } else if model.num_patches() != guide.num_patches() || model.patch_dim() != guide.patch_dim() {
+        Some("cuts the images into other patches")
+    } else if (a.schedule, a.timesteps, a.rho, a.rho_target)
+        != (b.schedule, b.timesteps, b.rho, b.rho_target)
+    {
+        Some("has another noise schedule")
+    } else if a.data_range != b.data_range || model.norm_pix_loss != guide.norm_pix_loss {
+        Some("scales the pixels differently")
+    } else {
+        None
+    };
+    match mismatch {
+        Some(why) => Err(Error::arg(
+            "guide",
+            format!("{why} than the model it guides"),
+        )),
+        None => Ok(()),
     }
 }

@@ -212,3 +212,85 @@ fn mae_models_inpaint_in_one_call_only() {
     let video = Masking::future_frames(&ModelConfig::moving_mnist(), 2).unwrap();
     assert!(Inpainting::new(&c, video, SamplerKind::Mae).is_err());
 }
+
+/// Autoguidance mixes two models' predictions: weight 1 is the model alone and weight 0 the
+/// guide alone (bit for bit, same key); other weights lie on the line through them at the first
+/// step; a guide that cuts images differently is refused.
+#[test]
+fn autoguidance_interpolates_between_model_and_guide() {
+    let dev = Device::Cpu;
+    let c = cfg();
+    let (model, guide) = (
+        DiffMae::new(c.clone(), 1, &dev).unwrap(),
+        DiffMae::new(c.clone(), 2, &dev).unwrap(),
+    );
+    let images = common::images(2, &c, &dev).clamp(0f32, 1f32).unwrap();
+    let mask = Masking::spatial(&c, MaskStrategy::center_block(0.25).unwrap());
+    let kind = SamplerKind::Ddim { steps: 3, eta: 0.0 };
+    let plain = Inpainting::new(&c, mask.clone(), kind).unwrap();
+    let key = RngKey::new(4, 0);
+    let run = |i: &Inpainting, m: &DiffMae| {
+        i.clone()
+            .with_trajectory(true)
+            .run(m, &images, key)
+            .unwrap()
+    };
+    let alone = run(&plain, &model);
+    let guide_alone = run(&plain, &guide);
+    let w1 = plain.clone().with_guide(guide.clone(), 1.0).unwrap();
+    assert_eq!(w1.guidance(), Some(1.0));
+    assert_eq!(
+        common::max_abs_diff(&run(&w1, &model).sample, &alone.sample),
+        0.0
+    );
+    let w0 = plain.clone().with_guide(guide.clone(), 0.0).unwrap();
+    assert_eq!(
+        common::max_abs_diff(&run(&w0, &model).sample, &guide_alone.sample),
+        0.0
+    );
+    // At the first step both start from the same noise: the guided x̂_0 is guide + 2 (model −
+    // guide), before clamping to [0, 1] (compare where both predictions are inside).
+    let w2 = plain.clone().with_guide(guide.clone(), 2.0).unwrap();
+    let first = |o: &dmae_models::Inpainted| {
+        o.trajectory[0]
+            .1
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, g, x) = (first(&alone), first(&guide_alone), first(&run(&w2, &model)));
+    let hidden = alone
+        .pixel_mask
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let inside = |v: f32| (0.01..0.99).contains(&v);
+    let mut compared = 0;
+    for (i, &m) in hidden.iter().enumerate() {
+        let want = g[i] + 2.0 * (a[i] - g[i]);
+        if m > 0.5 && inside(a[i]) && inside(g[i]) && inside(want) {
+            assert!((x[i] - want).abs() < 1e-4, "{} vs {want}", x[i]);
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "no masked pixel inside the range to compare");
+    assert!(plain.clone().with_guide(guide.clone(), f64::NAN).is_err());
+    // A guide that cuts the images into other patches fails the run with a typed error.
+    let mut other = c.clone();
+    other.patch_size = c.patch_size * 2;
+    let odd = DiffMae::new(other, 3, &dev).unwrap();
+    let err = plain
+        .clone()
+        .with_guide(odd, 2.0)
+        .unwrap()
+        .run(&model, &images, key);
+    assert!(
+        matches!(
+            err,
+            Err(dmae_models::Error::InvalidArgument { arg: "guide", .. })
+        ),
+        "{err:?}"
+    );
+}

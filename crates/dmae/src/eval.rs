@@ -254,7 +254,7 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
         .unwrap_or(DEFAULT_INPAINT_LIMIT)
         .min(ds.dataset.len());
     ensure!(n > 0, "--limit 0: nothing to evaluate");
-    let (mask_spec, inpainting) = args.inpaint.resolve(&config)?;
+    let (mask_spec, inpainting) = args.inpaint.resolve(&config, device)?;
     let clf = match &args.feature_classifier {
         Some(p) => {
             let c = load_classifier(p, device)?;

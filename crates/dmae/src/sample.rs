@@ -232,10 +232,14 @@ pub fn describe(inpainting: &Inpainting) -> String {
         SamplerKind::Mae => "mae (one decoder call at t = T-1)".into(),
     };
     let tau = sampler.temperature();
-    if tau == 1.0 {
+    let kind = if tau == 1.0 {
         kind
     } else {
         format!("{kind}, temperature {tau}")
+    };
+    match inpainting.guidance() {
+        Some(w) => format!("{kind}, autoguidance w {w}"),
+        None => kind,
     }
 }
 
@@ -368,12 +372,20 @@ pub struct InpaintArgs {
     /// Below 1 the fills lean towards the likeliest; 0 with DDIM eta 0 gives one fill per input.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
+    /// Autoguidance: a weaker DiffMAE checkpoint of the same task (fewer training steps, a
+    /// smaller decoder) whose predictions each step is pushed away from (Karras et al. 2024).
+    #[arg(long, value_name = "CKPT")]
+    pub guide: Option<PathBuf>,
+    /// Weight w of --guide: x0 = guide's + w (model's - guide's); 1 is the model alone.
+    #[arg(long, default_value_t = 2.0, requires = "guide")]
+    pub guidance: f64,
 }
 
 impl InpaintArgs {
     /// The mask (the model's default when `--mask` is absent) and the inpainting call for
     /// `config` (MAE checkpoints take only the one-call MAE sampler).
-    pub fn resolve(&self, config: &ModelConfig) -> Result<(MaskSpec, Inpainting)> {
+    /// `device` is where a `--guide` checkpoint is loaded.
+    pub fn resolve(&self, config: &ModelConfig, device: &Device) -> Result<(MaskSpec, Inpainting)> {
         let spec = self
             .mask
             .clone()
@@ -402,6 +414,20 @@ impl InpaintArgs {
         let inpainting = Inpainting::new(config, masking, kind)
             .and_then(|i| i.with_temperature(temperature))
             .map_err(|e| Usage(format!("{e}")))?;
+        let inpainting = match &self.guide {
+            None => inpainting,
+            Some(_) if !config.is_diffusion() => bail!(Usage(
+                "--guide: this is an MAE checkpoint (mask-token decoder): it draws no samples to \
+                 guide"
+                    .into()
+            )),
+            Some(path) => {
+                let guide = load_model(path, device)?;
+                inpainting
+                    .with_guide(guide, self.guidance)
+                    .map_err(|e| Usage(format!("--guide {}: {e}", path.display())))?
+            }
+        };
         Ok((spec, inpainting))
     }
 }
@@ -466,7 +492,7 @@ pub fn run(args: Args) -> Result<()> {
     let model = load_model(&args.checkpoint, &device)?;
     let config = model.config().clone();
     // The mask is checked against the checkpoint before any input is read.
-    let (mask_spec, inpainting) = args.inpaint.resolve(&config)?;
+    let (mask_spec, inpainting) = args.inpaint.resolve(&config, &device)?;
     let inpainting = inpainting.with_trajectory(args.trajectory);
     let compare = match &args.compare {
         Some(path) => Some(load_compare(
