@@ -116,7 +116,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
         ("ddpm_limit", "2"),
     ];
     let stdout = run_recipe("recipes/mnist-evidence.toml", &budget, &out, &dmae);
-    assert!(stdout.contains("115 stages"), "{stdout}");
+    assert!(stdout.contains("142 stages"), "{stdout}");
 
     // Every table of the evidence is in the summary, filled by the eval stages.
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
@@ -139,6 +139,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
         "probe-mae",
         "DiffMAE, DDIM 50, temperature 0",
         "DiffMAE, DDIM 50, temperature 0.5",
+        "DiffMAE, DDIM 50, autoguidance 1.5, temperature 0",
     ] {
         assert!(summary.contains(&format!("| {row} |")), "no row {row}");
     }
@@ -156,7 +157,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
     // Inpainting: the classifier-feature metrics exist for every sampler and mask, computed on
     // the bundled validation digits.
     let inpaint = results(&out, "inpaint-");
-    assert_eq!(inpaint.len(), 64, "{:?}", inpaint.iter().map(|r| &r.0));
+    assert_eq!(inpaint.len(), 88, "{:?}", inpaint.iter().map(|r| &r.0));
     let real_acc = num(&inpaint[0].1, "classifier_accuracy_real", &inpaint[0].0);
     for (name, r) in &inpaint {
         let ddpm = name.contains("ddpm");
@@ -194,8 +195,8 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
         "figures/mae",
         "figures/compare-center",
         "figures/compare-random",
-        "figures/compare-center-t0.5",
-        "figures/compare-random-t0.5",
+        "figures/compare-center-guided-t0",
+        "figures/compare-random-guided-t0",
     ] {
         let pngs: Vec<PathBuf> = std::fs::read_dir(out.join(dir))
             .unwrap_or_else(|e| panic!("{dir}: {e}"))
@@ -208,16 +209,23 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
             assert!(img.width() > 28 && img.height() >= 28, "{}", p.display());
         }
     }
-    for sheet in [
-        "compare-center",
-        "compare-random",
-        "compare-center-t0.5",
-        "compare-random-t0.5",
+    // 8 digits as rows of masked | MAE | DiffMAE draws | truth, 3x scaled, labelled: three draws,
+    // or one with the guided sampler at temperature 0.
+    for (sheet, draws) in [
+        ("compare-center", 3),
+        ("compare-random", 3),
+        ("compare-center-guided-t0", 1),
+        ("compare-random-guided-t0", 1),
     ] {
         let p = out.join("figures").join(sheet).join("sheet.png");
         let img = image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        // 8 digits as rows of masked | MAE | 3 DiffMAE draws | truth, 3x scaled, labelled.
-        assert_eq!(img.width(), 6 * 84 + 7 * 2, "{}", p.display());
+        let panels = 3 + draws;
+        assert_eq!(
+            img.width(),
+            panels * 84 + (panels + 1) * 2,
+            "{}",
+            p.display()
+        );
         assert!(img.height() > 8 * 84 + 9 * 2, "{}", p.display());
     }
     assert!(
@@ -235,7 +243,7 @@ fn mnist_evidence_recipe_runs_end_to_end_on_real_digits() {
     // `creates`) and the summary is the same tables.
     let again = run_recipe("recipes/mnist-evidence.toml", &budget, &out, &dmae);
     let skipped = again.matches("(done, skipped)").count();
-    assert!(skipped >= 109, "only {skipped} stages skipped:\n{again}");
+    assert!(skipped >= 136, "only {skipped} stages skipped:\n{again}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
