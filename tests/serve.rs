@@ -255,6 +255,41 @@ fn serve_answers_busy_too_large_and_keeps_serving() {
         .unwrap();
     assert!(png.starts_with(b"\x89PNG"));
     assert_eq!(done["trajectory_t"][0], json!(999));
+
+    // At temperature 0 DDIM (eta 0) draws no noise: the seed no longer changes the picture. A
+    // negative temperature is refused.
+    let cold = |seed: u64| {
+        let job = json!({ "input": "val-0", "mask": mask, "sampler": "ddim", "steps": 3,
+                          "seed": seed, "temperature": 0.0 })
+        .to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let body = loop {
+            let (status, body) = request(port, "POST", "/api/inpaint", &job);
+            if status == 200 {
+                break body;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(Instant::now() < deadline, "still busy after 60 s: {body}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(body.contains("temperature 0"), "{body}");
+        let done = body
+            .split("event: done\ndata: ")
+            .nth(1)
+            .expect("no done event");
+        let done: Value = serde_json::from_str(done.lines().next().unwrap()).unwrap();
+        done["result_png"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(cold(1), cold(2));
+    let (status, body) = request(
+        port,
+        "POST",
+        "/api/inpaint",
+        &json!({ "input": "val-0", "mask": mask, "sampler": "ddim", "temperature": -1.0 })
+            .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("temperature"), "{body}");
 }
 
 /// An untrained video DiffMAE: 4 frames of 32x32 grey, 8x8 patches, tubelets of 2 frames.

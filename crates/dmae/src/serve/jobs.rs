@@ -137,6 +137,7 @@ impl Job {
         input: Tensor,
         mask: &[bool],
         kind: SamplerKind,
+        temperature: f64,
         seed: u64,
     ) -> Result<Self> {
         let (rows, cols) = config.grid();
@@ -154,7 +155,13 @@ impl Job {
         );
         let fixed = PatchMask::from_patches(PatchGrid::new(rows, cols), mask.to_vec())?;
         let masking = Masking::spatial(config, MaskStrategy::Fixed(fixed));
-        let inpainting = Inpainting::new(config, masking, kind)?;
+        // MAE checkpoints draw no noise that matters, as in `dmae sample`.
+        let temperature = if config.is_diffusion() {
+            temperature
+        } else {
+            1.0
+        };
+        let inpainting = Inpainting::new(config, masking, kind)?.with_temperature(temperature)?;
         Ok(Self {
             input,
             inpainting,

@@ -247,12 +247,19 @@ struct InpaintRequest {
     steps: usize,
     #[serde(default)]
     eta: f64,
+    /// Noise temperature ([`Inpainting::with_temperature`](dmae_models::Inpainting::with_temperature)).
+    #[serde(default = "default_temperature")]
+    temperature: f64,
     #[serde(default)]
     seed: u64,
 }
 
 fn default_steps() -> usize {
     50
+}
+
+fn default_temperature() -> f64 {
+    1.0
 }
 
 fn inpaint(state: &State, req: InpaintRequest) -> Reply {
@@ -270,11 +277,17 @@ fn inpaint(state: &State, req: InpaintRequest) -> Reply {
             "eta: expected a number >= 0, got {}",
             req.eta
         );
+        anyhow::ensure!(
+            req.temperature.is_finite() && req.temperature >= 0.0,
+            "temperature: expected a number >= 0, got {}",
+            req.temperature
+        );
         Job::new(
             &state.model.config,
             input,
             &req.mask,
             sampler.kind(req.steps, req.eta),
+            req.temperature,
             req.seed,
         )
     })();

@@ -342,12 +342,14 @@ function drawPending() {
 
 function request() {
   const sampler = document.querySelector("input[name=sampler]:checked").value;
+  const temperature = parseFloat($("temperature").value);
   return {
     input: S.input,
     mask: S.mask,
     sampler,
     steps: parseInt($("steps").value, 10) || 1,
     eta: parseFloat($("eta").value) || 0,
+    temperature: Number.isFinite(temperature) ? temperature : 1,
     seed: parseInt($("seed").value, 10) || 0,
   };
 }
