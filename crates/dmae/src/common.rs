@@ -35,8 +35,10 @@ impl std::error::Error for Interrupted {}
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct LoopArgs {
-    /// Optimiser steps (default: train 240, finetune 300).
-    #[arg(long, value_name = "N", conflicts_with = "epochs", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Optimiser steps; the defaults are each command's `DEFAULT_STEPS`.
+    #[arg(long, value_name = "N", conflicts_with = "epochs", value_parser = clap::value_parser!(u64).range(1..),
+          help = format!("Optimiser steps (default: train {}, finetune {})",
+                         crate::train::DEFAULT_STEPS, crate::finetune::DEFAULT_STEPS))]
     pub steps: Option<u64>,
     /// Passes over the training data instead of --steps.
     #[arg(long, value_name = "N", conflicts_with = "steps", value_parser = clap::value_parser!(u64).range(1..))]

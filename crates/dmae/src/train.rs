@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, value_name = "KIND", value_parser = ["x0", "eps", "v"])]
     pub prediction: Option<String>,
     /// How pixels enter the diffusion: unit ([0, 1]) or symmetric ([-1, 1]) (default: the
-    /// model's, unit).
+    /// model's; symmetric in every preset).
     #[arg(long, value_name = "RANGE", value_parser = ["unit", "symmetric"])]
     pub data_range: Option<String>,
     /// Timestep loss weighting: uniform, or min-snr (Hang et al. 2023; γ from
