@@ -43,6 +43,9 @@ pub struct Inpainting {
     norm_pix: bool,
     kv_cache: bool,
     guide: Option<Guide>,
+    /// False for MAE models: their decoder reads mask tokens, so the noise they are handed
+    /// does not matter.
+    diffusion: bool,
 }
 
 /// Autoguidance: a weaker model of the same task and its weight ([`Inpainting::with_guide`]).
@@ -126,6 +129,7 @@ impl Inpainting {
             norm_pix: config.norm_pix_loss,
             kv_cache: true,
             guide: None,
+            diffusion: config.is_diffusion(),
         })
     }
 
@@ -170,9 +174,13 @@ impl Inpainting {
 
     /// Samples at noise temperature `temperature` (default 1; [`Sampler::with_temperature`]):
     /// below 1 the fills lean towards the most likely one, at 0 DDIM (`eta = 0`) draws one
-    /// deterministic fill per input, sharpened from the MAE-like first estimate.
+    /// deterministic fill per input, sharpened from the MAE-like first estimate. MAE models
+    /// draw no noise that matters: for them the temperature is checked and stays 1.
     pub fn with_temperature(mut self, temperature: f64) -> Result<Self> {
-        self.sampler = self.sampler.with_temperature(temperature)?;
+        let sampler = self.sampler.clone().with_temperature(temperature)?;
+        if self.diffusion {
+            self.sampler = sampler;
+        }
         Ok(self)
     }
 

@@ -184,13 +184,24 @@ fn mae_models_inpaint_in_one_call_only() {
     assert_eq!(Inpainting::default_sampler(&c, 50, 0.0), SamplerKind::Mae);
     let model = DiffMae::new(c.clone(), 0, &dev).unwrap();
     let images = common::images(2, &c, &dev).clamp(0f32, 1f32).unwrap();
-    let out = Inpainting::new(&c, mask, SamplerKind::Mae)
+    let out = Inpainting::new(&c, mask.clone(), SamplerKind::Mae)
         .unwrap()
         .with_trajectory(true)
         .run(&model, &images, RngKey::new(0, 0))
         .unwrap();
     assert_eq!(out.trajectory.len(), 1);
     assert_eq!(kept(&out.sample, &images, &out.pixel_mask), 0.0);
+    // Its decoder reads mask tokens, not noise: a temperature is checked but changes nothing.
+    let cold = Inpainting::new(&c, mask.clone(), SamplerKind::Mae).unwrap();
+    assert_eq!(
+        cold.clone()
+            .with_temperature(0.5)
+            .unwrap()
+            .sampler()
+            .temperature(),
+        1.0
+    );
+    assert!(cold.with_temperature(-1.0).is_err());
     // MAE regresses [0, 1] pixels (they are never diffused): its prediction is pasted as it is,
     // whatever the diffusion's data range (by default [-1, 1]) says.
     assert_eq!(c.diffusion.data_range, DataRange::Symmetric);

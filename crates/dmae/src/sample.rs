@@ -405,14 +405,8 @@ impl InpaintArgs {
             MaskSpec::File(_) => e,
             _ => Usage(format!("{e:#}")).into(),
         })?;
-        // MAE checkpoints draw no noise that matters (their decoder reads mask tokens).
-        let temperature = if config.is_diffusion() {
-            self.temperature
-        } else {
-            1.0
-        };
         let inpainting = Inpainting::new(config, masking, kind)
-            .and_then(|i| i.with_temperature(temperature))
+            .and_then(|i| i.with_temperature(self.temperature))
             .map_err(|e| Usage(format!("{e}")))?;
         let inpainting = match &self.guide {
             None => inpainting,

@@ -155,12 +155,6 @@ impl Job {
         );
         let fixed = PatchMask::from_patches(PatchGrid::new(rows, cols), mask.to_vec())?;
         let masking = Masking::spatial(config, MaskStrategy::Fixed(fixed));
-        // MAE checkpoints draw no noise that matters, as in `dmae sample`.
-        let temperature = if config.is_diffusion() {
-            temperature
-        } else {
-            1.0
-        };
         let inpainting = Inpainting::new(config, masking, kind)?.with_temperature(temperature)?;
         Ok(Self {
             input,

@@ -277,11 +277,6 @@ fn inpaint(state: &State, req: InpaintRequest) -> Reply {
             "eta: expected a number >= 0, got {}",
             req.eta
         );
-        anyhow::ensure!(
-            req.temperature.is_finite() && req.temperature >= 0.0,
-            "temperature: expected a number >= 0, got {}",
-            req.temperature
-        );
         Job::new(
             &state.model.config,
             input,
