@@ -2,9 +2,8 @@
 //! model, and the events a run sends back (its x̂0 at every visited step, then the pictures).
 //!
 //! One worker, because a run already uses every core (rayon inside candle and
-//! `DataParallel`): two runs side by side would each take twice as long. The queue is a
-//! `sync_channel` of the configured capacity, so a full queue is known at once and answered
-//! "busy" rather than left waiting. Events go through a small bounded channel per run: a client
+//! `DataParallel`): two runs side by side would each take twice as long. Jobs are counted as they
+//! are submitted, so a full queue is known at once and answered "busy" rather than left waiting. Events go through a small bounded channel per run: a client
 //! that reads slowly slows its own run down instead of filling memory, one that stops reading
 //! for [`STALL_LIMIT`] or goes away stops its run at the next step.
 
@@ -298,7 +297,11 @@ impl std::fmt::Display for Busy {
 impl Jobs {
     /// Starts the worker for `model`; up to `capacity` jobs wait behind the running one.
     pub fn start(model: Arc<DiffMae>, capacity: usize, format: StepImages) -> Result<Self> {
-        let (queue, jobs) = sync_channel::<(Job, SyncSender<Event>)>(capacity);
+        // Admission is decided by `pending` (see `submit`); the channel holds every admitted job,
+        // so a send never fails. A channel of `capacity` alone would be a rendezvous channel at
+        // `--queue 0`, refusing a job to an idle server whenever the worker thread is not parked
+        // in `recv` at that instant (seen under load: a spurious "busy").
+        let (queue, jobs) = sync_channel::<(Job, SyncSender<Event>)>(capacity + 1);
         let pending = Arc::new(AtomicUsize::new(0));
         let done = Arc::clone(&pending);
         std::thread::Builder::new()
@@ -336,14 +339,23 @@ impl Jobs {
     /// Queues `job`; its events arrive on the returned receiver (dropping it stops the run).
     pub fn submit(&self, job: Job) -> std::result::Result<Receiver<Event>, Busy> {
         let (tx, rx) = sync_channel(EVENT_BUFFER);
+        // One job runs and `capacity` wait; each caller gets its own `ahead`, so concurrent
+        // submits cannot both take the last place.
         let ahead = self.pending.fetch_add(1, Ordering::SeqCst);
+        let refuse = |pending: &AtomicUsize| Busy {
+            pending: pending.fetch_sub(1, Ordering::SeqCst) - 1,
+        };
+        if ahead > self.capacity {
+            return Err(refuse(&self.pending));
+        }
         // Room for it: the buffer is empty.
         let _ = tx.try_send(Event::Queued { ahead });
         match self.queue.try_send((job, tx)) {
             Ok(()) => Ok(rx),
+            // Full cannot happen (the channel holds every admitted job); Disconnected means
+            // the worker thread is gone.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                let pending = self.pending.fetch_sub(1, Ordering::SeqCst) - 1;
-                Err(Busy { pending })
+                Err(refuse(&self.pending))
             }
         }
     }
@@ -521,4 +533,53 @@ fn trajectory_picture(kept: &[(usize, Tensor)], video: bool) -> Result<Vec<u8>> 
         &timestep_labels(&ts),
         images::GRID_PAD,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Arc<DiffMae> {
+        let mut c = ModelConfig::mnist();
+        (c.encoder.dim, c.encoder.depth, c.encoder.heads) = (16, 1, 2);
+        (c.decoder.dim, c.decoder.depth, c.decoder.heads) = (8, 1, 2);
+        Arc::new(DiffMae::new(c, 0, &Device::Cpu).unwrap())
+    }
+
+    fn job(model: &DiffMae, kind: SamplerKind) -> Job {
+        let input = Tensor::zeros((1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+        let mask: Vec<bool> = (0..49).map(|i| i % 2 == 0).collect();
+        Job::new(model.config(), input, &mask, kind, 1.0, 0).unwrap()
+    }
+
+    /// `--queue 0` on an idle server takes the job even when the worker thread has not reached
+    /// its `recv` yet (submitted right after `start`); a rendezvous channel refused it.
+    #[test]
+    fn queue_zero_admits_one_job_and_refuses_the_next() {
+        let model = model();
+        let (first, second) = (
+            job(&model, SamplerKind::Ddpm),
+            job(&model, SamplerKind::Ddpm),
+        );
+        let jobs = Jobs::start(Arc::clone(&model), 0, StepImages::Raw).unwrap();
+        // DDPM sends 1000 step events into a buffer of 32: unread, the run stays pending.
+        let running = jobs.submit(first).expect("idle server");
+        let busy = jobs.submit(second).expect_err("busy");
+        assert_eq!(busy.pending, 1);
+        // The client goes away: the run stops at its next step and the place frees up.
+        drop(running);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while jobs.pending.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let events = jobs
+            .submit(job(&model, SamplerKind::Ddim { steps: 2, eta: 0.0 }))
+            .expect("free again");
+        let names: Vec<String> = events
+            .iter()
+            .map(|e| e.to_sse().lines().next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(names.first().map(String::as_str), Some("event: queued"));
+        assert_eq!(names.last().map(String::as_str), Some("event: done"));
+    }
 }

@@ -51,9 +51,10 @@ pub struct Args {
     /// data` from config.toml beside it, else the bundled digits, or Moving-MNIST for video).
     #[arg(long, value_name = "SPEC")]
     pub data: Option<DataSpec>,
-    /// Sampling jobs that may wait behind the running one; more get a "busy" answer.
-    #[arg(long, default_value_t = 4)]
-    pub queue: usize,
+    /// Sampling jobs that may wait behind the running one (0 to 256; each holds a request
+    /// thread); more get a "busy" answer.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=256))]
+    pub queue: u64,
     /// Largest upload in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub max_upload_mib: u64,
@@ -103,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
         .context("the server is not on a TCP address")?;
     let info = jobs::ModelInfo::new(&args.checkpoint, &config, &device);
     let state = Arc::new(State {
-        jobs: Jobs::start(Arc::clone(&model), args.queue, args.step_images)?,
+        jobs: Jobs::start(Arc::clone(&model), args.queue as usize, args.step_images)?,
         uploads: Uploads::new(config.clone(), device.clone()),
         model: info,
         gallery,
@@ -121,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
     use std::io::Write;
     std::io::stdout().flush().ok();
 
-    let threads: Vec<_> = (0..handler_threads(args.queue))
+    let threads: Vec<_> = (0..handler_threads(args.queue as usize))
         .map(|i| {
             let (server, state) = (Arc::clone(&server), Arc::clone(&state));
             std::thread::Builder::new()
