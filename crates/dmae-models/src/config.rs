@@ -804,7 +804,10 @@ impl ModelConfig {
                 ));
             }
         }
-        if self.num_frames == 0 || self.tubelet == 0 || self.num_frames % self.tubelet != 0 {
+        if self.num_frames == 0
+            || self.tubelet == 0
+            || !self.num_frames.is_multiple_of(self.tubelet)
+        {
             return Err(Error::config(
                 "tubelet",
                 format!(
@@ -814,13 +817,13 @@ impl ModelConfig {
             ));
         }
         // Every `dim` is split into sin/cos halves of sin/cos quarters by the 2-D embedding.
-        if self.encoder.dim % 4 != 0 || self.decoder.dim % 4 != 0 {
+        if !self.encoder.dim.is_multiple_of(4) || !self.decoder.dim.is_multiple_of(4) {
             return Err(Error::config(
                 "dim",
                 "encoder and decoder widths must be multiples of 4 (2-D sin-cos)",
             ));
         }
-        if self.decoder.time_embed_dim == 0 || self.decoder.time_embed_dim % 2 != 0 {
+        if self.decoder.time_embed_dim == 0 || !self.decoder.time_embed_dim.is_multiple_of(2) {
             return Err(Error::config(
                 "decoder.time_embed_dim",
                 "must be positive and even",

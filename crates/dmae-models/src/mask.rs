@@ -152,7 +152,7 @@ fn temporal_positions(config: &ModelConfig, k: usize, what: &str) -> Result<usiz
             format!("{what}:{k} needs a video model"),
         ));
     }
-    if k == 0 || k % config.tubelet != 0 || k >= config.num_frames {
+    if k == 0 || !k.is_multiple_of(config.tubelet) || k >= config.num_frames {
         return Err(Error::arg(
             "mask",
             format!(
