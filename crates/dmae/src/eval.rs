@@ -14,7 +14,12 @@
 //!   `temporal_change` (mean |x_{f+1} − x_f| over the pixels masked in consecutive frames: how
 //!   much the generated region moves), the same for the truth (`temporal_change_real`) and
 //!   their ratio `temporal_change_ratio` (1 = moves as much as the truth, below 1 frozen or
-//!   blurred, above 1 flickering).
+//!   blurred, above 1 flickering); and `motion_error` (mean over consecutive masked frames of
+//!   ‖Δc_sample − Δc_truth‖, `c` the centre of mass of the masked region in pixels: does the
+//!   fill move along the truth's track), the fill's own mean step `motion_sample`, the truth's
+//!   `motion_real` and the ratio of error to truth's step
+//!   `motion_error_ratio` (0 = follows the truth, 1 = no better than standing still; flicker that
+//!   does not displace the ink is not motion here).
 //!   With `--feature-classifier CKPT` (a classifier trained on the train split): its accuracy on
 //!   the inpainted images (`classifier_accuracy`; on the real images `classifier_accuracy_real`)
 //!   and the Fréchet distance between its pre-head features (pooled, after `fc_norm`) of the
@@ -275,6 +280,8 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
     let (mut feat_fake, mut feat_real) = (Vec::new(), Vec::new());
     // Clips: frame-to-frame change in the masked region, sample and truth (sums, pixels).
     let (mut change_sample, mut change_truth, mut change_px) = (0.0, 0.0, 0usize);
+    // Clips: centre-of-mass steps of the sample against the truth's (sums, pixels, pairs).
+    let mut motion = metrics::MotionSums::default();
     for (b, lo) in (0..n).step_by(args.batch_size).enumerate() {
         let (x, labels) = batch(&ds, lo..(lo + args.batch_size).min(n), device)?;
         let r = inpainting.run(&model, &x, RngKey::new(args.seed, b as u64))?;
@@ -306,6 +313,11 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
                 change_sample += s;
                 change_truth += metrics::masked_frame_change(r, m, h, w).0;
                 change_px += px;
+                let clip = metrics::masked_motion_error(f, r, m, h, w);
+                motion.error += clip.error;
+                motion.sample_step += clip.sample_step;
+                motion.truth_step += clip.truth_step;
+                motion.pairs += clip.pairs;
             }
         }
         if let Some(c) = &clf {
@@ -343,6 +355,16 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
         out.insert(
             "temporal_change_ratio".into(),
             ratio(change_sample, change_truth),
+        );
+    }
+    if motion.pairs > 0 {
+        let pairs = motion.pairs as f64;
+        out.insert("motion_error".into(), json!(motion.error / pairs));
+        out.insert("motion_sample".into(), json!(motion.sample_step / pairs));
+        out.insert("motion_real".into(), json!(motion.truth_step / pairs));
+        out.insert(
+            "motion_error_ratio".into(),
+            ratio(motion.error, motion.truth_step),
         );
     }
     if let Some(c) = &clf {

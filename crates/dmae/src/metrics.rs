@@ -194,6 +194,71 @@ pub fn masked_frame_change(
     (sum, count)
 }
 
+/// The centre of mass `(row, col)` of a frame `(C, H, W)` inside its mask (intensity, channel
+/// mean, negatives as 0); `None` when the masked region holds less than one full pixel of ink.
+fn masked_centroid(frame: &[f32], mask: &[bool], h: usize, w: usize) -> Option<(f64, f64)> {
+    let c = frame.len() / (h * w).max(1);
+    let (mut mass, mut row, mut col) = (0.0, 0.0, 0.0);
+    for p in (0..h * w).filter(|&p| mask[p]) {
+        let v: f64 = (0..c)
+            .map(|k| f64::from(frame[k * h * w + p]).max(0.0))
+            .sum::<f64>()
+            / c.max(1) as f64;
+        mass += v;
+        row += v * (p / w) as f64;
+        col += v * (p % w) as f64;
+    }
+    (mass >= 1.0).then(|| (row / mass, col / mass))
+}
+
+/// How far a clip's sample strays from the truth's motion inside the masked region:
+/// `(Σ ‖Δc_sample − Δc_truth‖, Σ ‖Δc_sample‖, Σ ‖Δc_truth‖, pairs)` over consecutive frames that are both
+/// masked, where `Δc` is the step of the centre of mass (pixels) from one frame to the next.
+/// A fill that stands still errs by exactly the truth's step, so the error over the truth's
+/// step reads 0 = moves along the truth's track, 1 = no better than standing still; unlike
+/// [`masked_frame_change`], flicker without displacement does not count as motion.
+pub fn masked_motion_error(
+    sample: &[Vec<f32>],
+    truth: &[Vec<f32>],
+    masks: &[Vec<bool>],
+    h: usize,
+    w: usize,
+) -> MotionSums {
+    let centroids = |frames: &[Vec<f32>]| -> Vec<Option<(f64, f64)>> {
+        frames
+            .iter()
+            .zip(masks)
+            .map(|(f, m)| masked_centroid(f, m, h, w))
+            .collect()
+    };
+    let (cs, ct) = (centroids(sample), centroids(truth));
+    let mut sums = MotionSums::default();
+    for f in 1..masks.len().min(cs.len()).min(ct.len()) {
+        let (Some(s0), Some(s1), Some(t0), Some(t1)) = (cs[f - 1], cs[f], ct[f - 1], ct[f]) else {
+            continue;
+        };
+        let (ds, dt) = ((s1.0 - s0.0, s1.1 - s0.1), (t1.0 - t0.0, t1.1 - t0.1));
+        sums.error += (ds.0 - dt.0).hypot(ds.1 - dt.1);
+        sums.sample_step += ds.0.hypot(ds.1);
+        sums.truth_step += dt.0.hypot(dt.1);
+        sums.pairs += 1;
+    }
+    sums
+}
+
+/// Sums of [`masked_motion_error`] (pixels) and the number of frame pairs they cover.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct MotionSums {
+    /// Σ ‖Δc_sample − Δc_truth‖.
+    pub error: f64,
+    /// Σ ‖Δc_sample‖: how far the fill's centre of mass moves.
+    pub sample_step: f64,
+    /// Σ ‖Δc_truth‖.
+    pub truth_step: f64,
+    /// Frame pairs.
+    pub pairs: usize,
+}
+
 /// Whether `label` is among the `k` largest `logits`: fewer than `k` logits are strictly
 /// greater than the label's.
 pub fn top_k_hit(logits: &[f32], label: usize, k: usize) -> bool {
@@ -370,6 +435,45 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
+    }
+
+    /// A digit-like square that moves 2 px right per frame: the truth itself scores 0, a copy
+    /// that stands still scores exactly the truth's step, one moving the other way twice that,
+    /// and frames without ink (or without masked pixels) are skipped.
+    #[test]
+    fn motion_error_follows_the_centre_of_mass() {
+        let (h, w) = (12, 12);
+        let square = |left: usize| -> Vec<f32> {
+            (0..h * w)
+                .map(|p| {
+                    f32::from(u8::from(
+                        (3..7).contains(&(p / w)) && (left..left + 3).contains(&(p % w)),
+                    ))
+                })
+                .collect()
+        };
+        let moving: Vec<Vec<f32>> = (0..4).map(|f| square(1 + 2 * f)).collect();
+        let still: Vec<Vec<f32>> = (0..4).map(|_| square(1)).collect();
+        let back: Vec<Vec<f32>> = (0..4).map(|f| square(7 - 2 * f)).collect();
+        // Frame 0 visible (no masked pixels), frames 1-3 masked everywhere: pairs (1,2), (2,3).
+        let mut masks = vec![vec![true; h * w]; 4];
+        masks[0] = vec![false; h * w];
+        let m = masked_motion_error(&moving, &moving, &masks, h, w);
+        assert_eq!((m.pairs, m.error), (2, 0.0));
+        assert!((m.truth_step - 4.0).abs() < 1e-9, "{m:?}");
+        assert!((m.sample_step - 4.0).abs() < 1e-9, "{m:?}");
+        let m = masked_motion_error(&still, &moving, &masks, h, w);
+        assert!(
+            (m.error - 4.0).abs() < 1e-9 && m.sample_step == 0.0,
+            "{m:?}"
+        );
+        let m = masked_motion_error(&back, &moving, &masks, h, w);
+        assert!(
+            (m.error - 8.0).abs() < 1e-9 && (m.sample_step - 4.0).abs() < 1e-9,
+            "{m:?}"
+        );
+        let empty = vec![vec![0.0f32; h * w]; 4];
+        assert_eq!(masked_motion_error(&empty, &moving, &masks, h, w).pairs, 0);
     }
 
     #[test]
