@@ -146,6 +146,12 @@ impl Inpainting {
                 format!("expected a finite weight >= 0, got {weight}"),
             ));
         }
+        if !self.diffusion {
+            return Err(Error::arg(
+                "guide",
+                "the model is an MAE checkpoint (mask-token decoder): it draws no samples to guide",
+            ));
+        }
         let c = guide.config();
         if !c.is_diffusion() || c.diffusion.target == crate::config::Target::Clip {
             return Err(Error::arg(

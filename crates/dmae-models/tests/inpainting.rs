@@ -201,7 +201,12 @@ fn mae_models_inpaint_in_one_call_only() {
             .temperature(),
         1.0
     );
-    assert!(cold.with_temperature(-1.0).is_err());
+    assert!(cold.clone().with_temperature(-1.0).is_err());
+    // Nor is there a sample to guide.
+    assert!(matches!(
+        cold.with_guide(model.clone(), 2.0),
+        Err(dmae_models::Error::InvalidArgument { arg: "guide", .. })
+    ));
     // MAE regresses [0, 1] pixels (they are never diffused): its prediction is pasted as it is,
     // whatever the diffusion's data range (by default [-1, 1]) says.
     assert_eq!(c.diffusion.data_range, DataRange::Symmetric);

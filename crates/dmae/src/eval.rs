@@ -313,11 +313,7 @@ fn inpaint(args: &Args, device: &Device, out: &mut Map<String, Value>) -> Result
                 change_sample += s;
                 change_truth += metrics::masked_frame_change(r, m, h, w).0;
                 change_px += px;
-                let clip = metrics::masked_motion_error(f, r, m, h, w);
-                motion.error += clip.error;
-                motion.sample_step += clip.sample_step;
-                motion.truth_step += clip.truth_step;
-                motion.pairs += clip.pairs;
+                motion += metrics::masked_motion_error(f, r, m, h, w);
             }
         }
         if let Some(c) = &clf {

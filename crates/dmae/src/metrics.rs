@@ -259,6 +259,15 @@ pub struct MotionSums {
     pub pairs: usize,
 }
 
+impl std::ops::AddAssign for MotionSums {
+    fn add_assign(&mut self, other: Self) {
+        self.error += other.error;
+        self.sample_step += other.sample_step;
+        self.truth_step += other.truth_step;
+        self.pairs += other.pairs;
+    }
+}
+
 /// Whether `label` is among the `k` largest `logits`: fewer than `k` logits are strictly
 /// greater than the label's.
 pub fn top_k_hit(logits: &[f32], label: usize, k: usize) -> bool {

@@ -410,11 +410,6 @@ impl InpaintArgs {
             .map_err(|e| Usage(format!("{e}")))?;
         let inpainting = match &self.guide {
             None => inpainting,
-            Some(_) if !config.is_diffusion() => bail!(Usage(
-                "--guide: this is an MAE checkpoint (mask-token decoder): it draws no samples to \
-                 guide"
-                    .into()
-            )),
             Some(path) => {
                 let guide = load_model(path, device)?;
                 inpainting

@@ -2,10 +2,11 @@
 //! model, and the events a run sends back (its x̂0 at every visited step, then the pictures).
 //!
 //! One worker, because a run already uses every core (rayon inside candle and
-//! `DataParallel`): two runs side by side would each take twice as long. Jobs are counted as they
-//! are submitted, so a full queue is known at once and answered "busy" rather than left waiting. Events go through a small bounded channel per run: a client
-//! that reads slowly slows its own run down instead of filling memory, one that stops reading
-//! for [`STALL_LIMIT`] or goes away stops its run at the next step.
+//! `DataParallel`): two runs side by side would each take twice as long. Jobs are counted as
+//! they are submitted, so a full queue is known at once and answered "busy" rather than left
+//! waiting. Events go through a small bounded channel per run: a client that reads slowly slows
+//! its own run down instead of filling memory, one that stops reading for [`STALL_LIMIT`] or
+//! goes away stops its run at the next step.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
