@@ -53,7 +53,8 @@
 //! Features: `hf-hub` (default on: `DiffMae::from_hf_hub` downloads through the hf-hub cache;
 //! local directories with [`DiffMae::from_hf_dir`] need no feature), `cuda` (forwards to dmae-core's,
 //! dmae-diffusion's and candle's). Examples: `cargo run --release -p dmae-models --example import_hf`
-//! (the committed ViTMAE fixture), `--example decode_cache` (K/V cache timing).
+//! (the committed ViTMAE fixture), `--example decode_cache` (K/V cache timing), `--example
+//! copy_task` (whether the video model learns to copy a hidden frame from still clips).
 #![deny(missing_docs)]
 
 pub mod block;
