@@ -228,6 +228,60 @@ fn resumed_run_reproduces_the_uninterrupted_losses_exactly() {
     assert_eq!(e.status.code(), Some(1));
 }
 
+/// `--init` starts a new run (fresh optimiser, step 0, its own data and masks) from another
+/// run's weights: its first loss is the trained model's, far below a fresh model's. A checkpoint
+/// of another model is a usage error naming `--init`, and no run directory is left behind.
+#[test]
+fn init_starts_a_new_run_from_another_runs_weights() {
+    let root = tmp("init");
+    let cfg = small_config(&root);
+    let ckpt = trained().join("checkpoint.safetensors");
+    let common = [
+        "train",
+        "--config",
+        s(&cfg),
+        "--steps",
+        "3",
+        "--log-every",
+        "1",
+    ];
+    let (from, fresh) = (root.join("from"), root.join("fresh"));
+    ok(&[&common[..], &["--init", s(&ckpt), "--out", s(&from)]].concat());
+    ok(&[&common[..], &["--out", s(&fresh)]].concat());
+    let (lf, l0) = (losses(&from), losses(&fresh));
+    assert_eq!(
+        lf.first().map(|r| r.0),
+        Some(1),
+        "a new run counts from step 1"
+    );
+    let end = losses(trained()).last().unwrap().1;
+    assert!(
+        lf[0].1 < 0.6 * l0[0].1 && lf[0].1 < 1.5 * end,
+        "first loss from the trained weights {} vs fresh {} (trained run ended at {end})",
+        lf[0].1,
+        l0[0].1
+    );
+    let other = root.join("other");
+    let e = dmae(&[
+        "train",
+        "--model",
+        "mnist",
+        "--steps",
+        "3",
+        "--init",
+        s(&ckpt),
+        "--out",
+        s(&other),
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+    let line = one_error_line(&e);
+    assert!(
+        line.contains("--init") && line.contains("differs"),
+        "{line}"
+    );
+    assert!(!other.exists(), "a refused --init leaves no run directory");
+}
+
 /// `--threads` sizes the thread pool (it used to fail whenever it differed from the core count),
 /// and the batch split it implies (one shard of 32 vs two of 16) leaves the losses the same up
 /// to float rounding.

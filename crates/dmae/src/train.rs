@@ -117,6 +117,12 @@ pub struct Args {
     /// Weight of the CLIP feature loss against the pixel loss (default: the model's, 1).
     #[arg(long, value_name = "W", value_parser = positive)]
     pub clip_weight: Option<f64>,
+    /// Start from the weights of this checkpoint (a `dmae train` checkpoint.safetensors of the
+    /// same model: give the --model/--config it was trained with) with a fresh optimiser at step
+    /// 0, e.g. the second stage of a curriculum on other data or masks. `--resume` continues a
+    /// run instead; a resumed run keeps the weights it has.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub init: Option<PathBuf>,
     /// Write an inpainting grid of validation images to samples/ every N steps and at the end
     /// (0 turns it off).
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -186,6 +192,14 @@ pub fn run(args: Args, argv: &[OsString]) -> Result<()> {
     // The model as f32 masters (what AdamW updates and checkpoints hold); with bf16 a second
     // copy runs forward and backward.
     let model = DiffMae::new(config.clone(), args.run.seed, &device)?;
+    if let (Some(path), false) = (&args.init, resuming) {
+        model.load_weights(path).map_err(|e| {
+            Usage(format!(
+                "--init {}: {e} (give the --model/--config it was trained with)",
+                path.display()
+            ))
+        })?;
+    }
     let copy = |dtype: DType| -> Result<DiffMae> {
         let m = DiffMae::new_with_dtype(config.clone(), args.run.seed, &device, dtype)?;
         for (d, s) in m.named_params().iter().zip(model.named_params()) {
