@@ -309,10 +309,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut tables: Vec<(String, Table)> = Vec::new();
     let mut log = String::new();
     for (i, j) in jobs.iter().enumerate() {
-        let json_path = results_dir.join(format!("{}.json", j.name.replace([':', '/'], "_")));
+        let stem = j.name.replace([':', '/'], "_");
+        let json_path = results_dir.join(format!("{stem}.json"));
+        // Present from a stage's start to its success: `dmae train` saves checkpoint.safetensors
+        // every --save-every steps, so a stage killed after its first save has its `creates`
+        // file and only this marker tells it from a finished one.
+        let running = results_dir.join(format!("{stem}.running"));
         let done = match (&j.creates, &j.table) {
             (_, Some(_)) => json_path.exists(),
-            (Some(c), None) => c.exists(),
+            (Some(c), None) => c.exists() && !running.exists(),
             (None, None) => false,
         };
         let cmdline = format!("dmae {}", j.args.join(" "));
@@ -321,11 +326,15 @@ pub fn run(args: RunArgs) -> Result<()> {
             println!("[{}/{}] {} (done, skipped)", i + 1, jobs.len(), j.name);
         } else {
             println!("[{}/{}] {}: {cmdline}", i + 1, jobs.len(), j.name);
-            if let Some(aside) = set_aside_unfinished(j)? {
+            if let Some(aside) = set_aside_unfinished(j, running.exists())? {
                 println!(
                     "    an unfinished earlier attempt was moved to {}",
                     aside.display()
                 );
+            }
+            if j.creates.is_some() {
+                std::fs::write(&running, &cmdline)
+                    .with_context(|| format!("writing {}", running.display()))?;
             }
             let t0 = Instant::now();
             let mut cmd = Command::new(&dmae);
@@ -351,6 +360,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             };
             if !output.success() {
                 bail!("stage {} failed ({output}): {cmdline}", j.name);
+            }
+            if running.exists() {
+                std::fs::remove_file(&running)
+                    .with_context(|| format!("removing {}", running.display()))?;
             }
             println!("    {:.1} s", t0.elapsed().as_secs_f64());
         }
@@ -393,10 +406,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// A stage that `creates` a file which is missing, but whose `--out` directory exists with
-/// something in it, was interrupted: `dmae` refuses to write into such a directory, so it is
-/// renamed to `<out>.unfinished-<k>` (kept, never deleted) and the stage starts afresh.
-fn set_aside_unfinished(job: &Job) -> Result<Option<PathBuf>> {
+/// A stage whose `--out` directory exists with something in it but which did not finish (its
+/// `creates` file is missing, or `interrupted`: its start marker is still there, so the file is
+/// only a periodic checkpoint) is set aside: `dmae` refuses to write into such a directory, so it
+/// is renamed to `<out>.unfinished-<k>` (kept, never deleted) and the stage starts afresh.
+fn set_aside_unfinished(job: &Job, interrupted: bool) -> Result<Option<PathBuf>> {
     let Some(creates) = &job.creates else {
         return Ok(None);
     };
@@ -410,7 +424,7 @@ fn set_aside_unfinished(job: &Job) -> Result<Option<PathBuf>> {
         return Ok(None);
     };
     let occupied = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
-    if creates.exists() || !occupied {
+    if !occupied || (creates.exists() && !interrupted) {
         return Ok(None);
     }
     let name = out
@@ -732,16 +746,20 @@ table = "Runs of {steps} steps"
         };
         let ckpt = out.join("checkpoint.safetensors");
         // Empty directory: nothing to set aside.
-        assert!(set_aside_unfinished(&job(&ckpt)).unwrap().is_none());
+        assert!(set_aside_unfinished(&job(&ckpt), false).unwrap().is_none());
         std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
-        let aside = set_aside_unfinished(&job(&ckpt)).unwrap().unwrap();
+        let aside = set_aside_unfinished(&job(&ckpt), false).unwrap().unwrap();
         assert_eq!(aside, root.join("pre.unfinished-1"));
         assert!(aside.join("metrics.jsonl").is_file() && !out.exists());
         // A finished stage is left alone.
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(&ckpt, "x").unwrap();
-        assert!(set_aside_unfinished(&job(&ckpt)).unwrap().is_none());
+        assert!(set_aside_unfinished(&job(&ckpt), false).unwrap().is_none());
         assert!(ckpt.is_file());
+        // One killed after a periodic save has the checkpoint but not its finish.
+        let aside = set_aside_unfinished(&job(&ckpt), true).unwrap().unwrap();
+        assert_eq!(aside, root.join("pre.unfinished-2"));
+        assert!(aside.join("checkpoint.safetensors").is_file() && !out.exists());
         let _ = std::fs::remove_dir_all(&root);
     }
 
