@@ -254,6 +254,7 @@ fn moving_mnist_recipe_runs_end_to_end_on_real_digit_clips() {
     run_recipe(
         "recipes/moving-mnist.toml",
         &[
+            ("still_steps", "2"),
             ("pretrain_steps", "3"),
             ("finetune_steps", "2"),
             ("eval_every", "1"),
